@@ -1,0 +1,157 @@
+package cloudlink
+
+import (
+	"crypto/tls"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// delivery is one message seen by the upstream subscriber.
+type delivery struct {
+	device, mid, payload, topic string
+	seq                         uint64
+	props                       msg.Props
+	at                          time.Time
+}
+
+// collector is a paho subscriber at the upstream broker that records every
+// D2C message: it stands in for the cloud application.
+type collector struct {
+	t     testing.TB
+	c     paho.Client
+	mu    sync.Mutex
+	got   []delivery
+	seen  map[string]bool // $.mid
+	dups  int
+	wake  chan struct{}
+	bad   []string
+}
+
+func collect(t testing.TB, url string, tc *tls.Config, user, pass string) *collector {
+	t.Helper()
+	col := &collector{t: t, seen: map[string]bool{}, wake: make(chan struct{})}
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("cloud-app-%d", time.Now().UnixNano())).
+		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
+		SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(true).SetUsername(user).SetPassword(pass).
+		SetResumeSubs(true)
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	const filter = "devices/+/messages/events/#"
+	o.SetOnConnectHandler(func(c paho.Client) {
+		// Re-subscribe after a broker restart (its sessions are not persisted).
+		go c.Subscribe(filter, 1, nil)
+	})
+	o.SetDefaultPublishHandler(col.handle)
+	col.c = paho.NewClient(o)
+	if tok := col.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("collector connect %s: %v", url, tok.Error())
+	}
+	if tok := col.c.Subscribe(filter, 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("collector subscribe: %v", tok.Error())
+	}
+	t.Cleanup(func() { col.c.Disconnect(0) })
+	return col
+}
+
+func (col *collector) handle(_ paho.Client, m paho.Message) {
+	d := delivery{topic: m.Topic(), payload: string(m.Payload()), at: time.Now()}
+	dev, ps, err := msg.ParseEventsTopic(m.Topic())
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	defer func() { close(col.wake); col.wake = make(chan struct{}) }()
+	if err != nil {
+		col.bad = append(col.bad, fmt.Sprintf("topic %q: %v", m.Topic(), err))
+		return
+	}
+	d.device, d.props = dev, ps
+	d.mid, _ = ps.Get(msg.PropMessageID)
+	if s, ok := ps.Get(msg.PropSeq); ok {
+		d.seq, _ = strconv.ParseUint(s, 10, 64)
+	}
+	if d.mid == "" || d.seq == 0 {
+		col.bad = append(col.bad, fmt.Sprintf("topic %q: no $.mid or outpost-seq", m.Topic()))
+	}
+	if col.seen[d.mid] {
+		col.dups++
+	}
+	col.seen[d.mid] = true
+	col.got = append(col.got, d)
+}
+
+// waitUnique waits until n distinct $.mid values have arrived.
+func (col *collector) waitUnique(n int, timeout time.Duration) {
+	col.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		col.mu.Lock()
+		have, w := len(col.seen), col.wake
+		col.mu.Unlock()
+		if have >= n {
+			return
+		}
+		select {
+		case <-w:
+		case <-deadline:
+			col.t.Fatalf("collector: %d of %d distinct messages after %v", have, n, timeout)
+		}
+	}
+}
+
+func (col *collector) snapshot() ([]delivery, int) {
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return append([]delivery(nil), col.got...), col.dups
+}
+
+// verify checks that every appended seq (want: device -> seqs in append
+// order) arrived, that each device's first deliveries came in seq order
+// (strict is false for live-first runs, where only no-loss is checked), and
+// that payloads are the ones appended. It returns the duplicate count.
+func (col *collector) verify(want map[string][]uint64, payloads map[uint64]string, strict bool) int {
+	col.t.Helper()
+	got, dups := col.snapshot()
+	col.mu.Lock()
+	for _, b := range col.bad {
+		col.t.Error(b)
+	}
+	col.mu.Unlock()
+	first := map[uint64]delivery{}
+	lastSeq := map[string]uint64{}
+	for _, d := range got {
+		if _, ok := first[d.seq]; ok {
+			continue
+		}
+		first[d.seq] = d
+		if strict && d.seq < lastSeq[d.device] {
+			col.t.Errorf("device %s: seq %d arrived after %d (order broken)", d.device, d.seq, lastSeq[d.device])
+		}
+		lastSeq[d.device] = max(lastSeq[d.device], d.seq)
+		if p, ok := payloads[d.seq]; ok && p != d.payload {
+			col.t.Errorf("seq %d: payload %q, want %q", d.seq, d.payload, p)
+		}
+	}
+	lost := 0
+	for dev, seqs := range want {
+		for _, s := range seqs {
+			d, ok := first[s]
+			if !ok {
+				lost++
+				continue
+			}
+			if d.device != dev {
+				col.t.Errorf("seq %d: device %q, want %q", s, d.device, dev)
+			}
+		}
+	}
+	if lost > 0 {
+		col.t.Errorf("%d messages lost", lost)
+	}
+	return dups
+}

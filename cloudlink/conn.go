@@ -1,0 +1,190 @@
+package cloudlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// dialect is what differs between a generic broker and IoT Hub.
+type dialect interface {
+	clientID() string
+	// credentials returns the username and password for a connection made
+	// now, and when they expire (zero: never).
+	credentials(now time.Time) (user, pass string, expires time.Time, err error)
+	// topic is the D2C topic of rec.
+	topic(rec *msg.Record) string
+	// c2dTopic is the C2D subscription filter.
+	c2dTopic() string
+	// c2d splits a C2D topic into the target device and the property bag.
+	c2d(topic string) (device string, props msg.Props, err error)
+}
+
+type mqttDialect struct{ o Options }
+
+func (d mqttDialect) clientID() string { return d.o.ClientID }
+func (d mqttDialect) credentials(time.Time) (string, string, time.Time, error) {
+	return d.o.Username, d.o.Password, time.Time{}, nil
+}
+func (d mqttDialect) topic(rec *msg.Record) string { return rec.Topic() }
+func (d mqttDialect) c2dTopic() string             { return d.o.C2DTopic }
+func (d mqttDialect) c2d(topic string) (string, msg.Props, error) {
+	return msg.ParseDeviceboundTopic(topic)
+}
+
+// result is how one connection ended.
+type result struct {
+	connected bool          // the connection was established
+	lasted    time.Duration // how long it was up
+	throttled bool          // it dropped soon after a burst: slow down
+	renew     bool          // a planned reconnect for fresh credentials
+	err       error         // why it ended (never nil)
+}
+
+var errRenew = errors.New("cloudlink: credentials about to expire; reconnecting with new ones")
+
+// serve makes one connection and forwards over it until it ends.
+func (s *Session) serve(ctx context.Context, downSince time.Time) result {
+	user, pass, expires, err := s.d.credentials(time.Now())
+	if err != nil {
+		return result{err: err}
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	c2d := make(chan paho.Message, 64)
+	po := paho.NewClientOptions().
+		AddBroker(s.brokerURL()).
+		SetClientID(s.d.clientID()).
+		SetUsername(user).
+		SetPassword(pass).
+		SetCleanSession(s.opt.CleanSession).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetResumeSubs(false).
+		SetKeepAlive(s.opt.KeepAlive).
+		SetPingTimeout(max(s.opt.KeepAlive/2, time.Second)).
+		SetConnectTimeout(max(2*s.opt.KeepAlive, 10*time.Second)).
+		SetWriteTimeout(max(s.opt.KeepAlive, 10*time.Second)).
+		SetProtocolVersion(4).
+		// Inbound C2D is acknowledged by us, after Inbox, in receive order:
+		// OrderMatters keeps paho's handler calls in receive order and the
+		// handler only hands the message to our own goroutine.
+		SetAutoAckDisabled(true).
+		SetOrderMatters(true).
+		SetMessageChannelDepth(64).
+		// Installed before CONNECT, so C2D queued at the broker and pushed
+		// right after CONNACK is never auto-acknowledged and lost.
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+			select {
+			case c2d <- m:
+			case <-cctx.Done():
+			}
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			cancel(fmt.Errorf("cloudlink: connection lost: %w", err))
+		})
+	if s.tls != nil {
+		po.SetTLSConfig(s.tls)
+	}
+	c := paho.NewClient(po)
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		go c.Disconnect(0)
+		return result{err: ctx.Err()}
+	}
+	if err := tok.Error(); err != nil {
+		return result{err: fmt.Errorf("cloudlink: connect %s: %w", s.opt.URL, err)}
+	}
+	up := time.Now()
+	defer c.Disconnect(100)
+
+	if s.opt.Inbox != nil {
+		st := c.Subscribe(s.d.c2dTopic(), 1, nil)
+		select {
+		case <-st.Done():
+		case <-cctx.Done():
+		}
+		err := st.Error()
+		if err == nil && cctx.Err() == nil {
+			if rc := st.(*paho.SubscribeToken).Result()[s.d.c2dTopic()]; rc > 1 {
+				err = fmt.Errorf("refused (SUBACK %#x)", rc)
+			}
+		}
+		if err == nil {
+			err = context.Cause(cctx)
+		}
+		if err != nil {
+			return result{connected: true, lasted: time.Since(up), err: fmt.Errorf("cloudlink: subscribe %s: %w", s.d.c2dTopic(), err)}
+		}
+	}
+
+	s.connected(downSince)
+	if !expires.IsZero() {
+		renew := time.Until(expires) - s.opt.Azure.RenewBefore
+		t := time.AfterFunc(max(renew, 0), func() { cancel(errRenew) })
+		defer t.Stop()
+	}
+
+	f := newForwarder(s, c)
+	done := make(chan error, 2)
+	go func() { done <- f.run(cctx, cancel) }()
+	go func() { done <- s.intake(cctx, cancel, c2d) }()
+	ferr := <-done
+	if ferr != nil {
+		cancel(ferr)
+	}
+	<-done
+	f.releaseAll()
+	lasted := time.Since(up)
+	cause := context.Cause(cctx)
+	s.update(func(st *Status) { st.Connected, st.Since, st.InFlight = false, time.Now(), 0 })
+	if se := f.storeErr(); se != nil {
+		return result{connected: true, lasted: lasted, err: se}
+	}
+	if ctx.Err() != nil {
+		return result{connected: true, lasted: lasted, err: ctx.Err()}
+	}
+	if errors.Is(cause, errRenew) {
+		return result{connected: true, lasted: lasted, renew: true, err: cause}
+	}
+	return result{connected: true, lasted: lasted, throttled: f.burstBeforeLoss(lasted), err: cause}
+}
+
+func (s *Session) brokerURL() string {
+	if s.tls != nil {
+		return "ssl://" + s.addr
+	}
+	return "tcp://" + s.addr
+}
+
+// connected records that the link is up and logs the recovery once.
+func (s *Session) connected(downSince time.Time) {
+	held := s.depth()
+	now := time.Now()
+	s.update(func(st *Status) {
+		st.Connected, st.Since, st.LastError = true, now, ""
+		if !downSince.IsZero() {
+			st.Held = held
+		}
+	})
+	if downSince.IsZero() {
+		s.log.Info("upstream link up", "url", s.opt.URL, "client_id", s.d.clientID())
+		return
+	}
+	s.log.Info("upstream link recovered", "down_for", now.Sub(downSince).Round(time.Millisecond), "held", held)
+}
+
+// depth is the outbox depth when the queue can tell, else 0.
+func (s *Session) depth() int {
+	if d, ok := s.q.(interface{ Len() int }); ok {
+		return d.Len()
+	}
+	return 0
+}

@@ -1,0 +1,259 @@
+package cloudlink
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// forwarder moves records over one connection: a leaser goroutine leases and
+// publishes (in lease order, so each device's records leave in queue order),
+// an acker goroutine awaits the PUBACKs in publish order and acks the store
+// in batches. Slots bound the publishes awaiting a PUBACK to MaxInflight.
+type forwarder struct {
+	s       *Session
+	c       paho.Client
+	slots   chan struct{} // one token per publish in flight
+	pending chan *pub     // published, awaiting PUBACK, in publish order
+
+	mu     sync.Mutex
+	leased map[uint64]struct{} // leased from the store and not yet acked or rejected
+	serr   error               // the first store error
+	sent   int                 // publishes on this connection
+	start  time.Time
+}
+
+type pub struct {
+	seq uint64
+	tok paho.Token
+	at  time.Time
+	src *source // where the record came from (live or backlog), may be nil
+}
+
+func newForwarder(s *Session, c paho.Client) *forwarder {
+	n := s.opt.MaxInflight
+	return &forwarder{s: s, c: c, slots: make(chan struct{}, n), pending: make(chan *pub, n),
+		leased: make(map[uint64]struct{}), start: time.Now()}
+}
+
+// run forwards until ctx is done (returns nil) or the connection or store
+// fails (returns why).
+func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) error {
+	errc := make(chan error, 2)
+	go func() { errc <- f.ack(ctx) }()
+	go func() { errc <- f.lease(ctx) }()
+	err := <-errc
+	if err != nil {
+		cancel(err)
+	}
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+// acquire takes one slot (blocking) and then up to want-1 more that are free.
+func (f *forwarder) acquire(ctx context.Context, want int) int {
+	select {
+	case f.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0
+	}
+	n := 1
+	for n < want {
+		select {
+		case f.slots <- struct{}{}:
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	return n
+}
+
+func (f *forwarder) free(n int) {
+	for range n {
+		<-f.slots
+	}
+}
+
+// lease is the leaser goroutine: plain queue order (see live.go for live-first).
+func (f *forwarder) lease(ctx context.Context) error {
+	plan := f.s.newPlan()
+	for {
+		n := f.acquire(ctx, f.s.opt.MaxInflight)
+		if n == 0 {
+			return nil
+		}
+		recs, src, err := plan.next(ctx, n)
+		if err != nil {
+			f.free(n)
+			if ctx.Err() != nil {
+				return nil
+			}
+			return f.storeFail("lease", err)
+		}
+		f.free(n - len(recs))
+		f.mu.Lock()
+		for _, r := range recs {
+			f.leased[r.Seq] = struct{}{}
+		}
+		f.mu.Unlock()
+		for _, r := range recs {
+			if err := f.publish(ctx, r, src); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) error {
+	if limit := f.s.opt.MaxMessageBytes; limit > 0 && r.Size() > limit {
+		reason := fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
+		if err := f.s.q.Reject(r.Seq, reason); err != nil {
+			return f.storeFail("reject", err)
+		}
+		f.forget(r.Seq)
+		f.free(1)
+		f.s.update(func(st *Status) { st.Rejected++ })
+		f.s.log.Warn("record rejected to dead letters", "seq", r.Seq, "device", r.Device, "mid", r.ID, "reason", reason)
+		return nil
+	}
+	tok := f.c.Publish(f.s.d.topic(r), 1, false, r.Payload)
+	f.mu.Lock()
+	f.sent++
+	f.mu.Unlock()
+	select {
+	case f.pending <- &pub{seq: r.Seq, tok: tok, at: time.Now(), src: src}:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// ack is the acker goroutine.
+func (f *forwarder) ack(ctx context.Context) error {
+	stall := time.NewTimer(time.Hour)
+	stall.Stop()
+	var head *pub
+	batch := make([]uint64, 0, f.s.opt.MaxInflight)
+	var srcs []*source
+	for {
+		if head == nil {
+			select {
+			case head = <-f.pending:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		select {
+		case <-head.tok.Done():
+		default:
+			stall.Reset(max(f.s.opt.StallTimeout-time.Since(head.at), 0))
+			select {
+			case <-head.tok.Done():
+				stall.Stop()
+			case <-ctx.Done():
+				stall.Stop()
+				return nil
+			case <-stall.C:
+				return fmt.Errorf("cloudlink: no PUBACK for %v; dropping the connection", f.s.opt.StallTimeout)
+			}
+		}
+		if err := head.tok.Error(); err != nil {
+			return fmt.Errorf("cloudlink: publish: %w", err)
+		}
+		batch, srcs = append(batch[:0], head.seq), append(srcs[:0], head.src)
+		head = nil
+		// Collect every further publish that is already acknowledged.
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case p := <-f.pending:
+				select {
+				case <-p.tok.Done():
+					if p.tok.Error() != nil {
+						head = p
+						break more
+					}
+					batch, srcs = append(batch, p.seq), append(srcs, p.src)
+				default:
+					head = p
+					break more
+				}
+			default:
+				break more
+			}
+		}
+		if err := f.s.q.Ack(batch...); err != nil {
+			return f.storeFail("ack", err)
+		}
+		f.mu.Lock()
+		for _, seq := range batch {
+			delete(f.leased, seq)
+		}
+		f.mu.Unlock()
+		f.free(len(batch))
+		f.s.acked(len(batch), srcs)
+	}
+}
+
+func (f *forwarder) forget(seq uint64) {
+	f.mu.Lock()
+	delete(f.leased, seq)
+	f.mu.Unlock()
+}
+
+func (f *forwarder) storeFail(op string, err error) error {
+	err = storeErr(op, err)
+	f.mu.Lock()
+	if f.serr == nil {
+		f.serr = err
+	}
+	f.mu.Unlock()
+	return err
+}
+
+func (f *forwarder) storeErr() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.serr
+}
+
+// releaseAll returns every record still leased to the store, after both
+// goroutines have stopped. They go again on the next connection, with the
+// same $.mid.
+func (f *forwarder) releaseAll() {
+	f.mu.Lock()
+	seqs := make([]uint64, 0, len(f.leased))
+	for seq := range f.leased {
+		seqs = append(seqs, seq)
+	}
+	clear(f.leased)
+	f.mu.Unlock()
+	if len(seqs) == 0 {
+		return
+	}
+	slices.Sort(seqs)
+	if err := f.s.q.Release(seqs...); err != nil {
+		f.storeFail("release", err)
+		return
+	}
+	f.s.update(func(st *Status) { st.Resent += uint64(len(seqs)) })
+}
+
+// burstBeforeLoss reports whether the connection dropped soon after a burst,
+// which IoT Hub does instead of a 429 when it throttles.
+func (f *forwarder) burstBeforeLoss(lasted time.Duration) bool {
+	if f.s.opt.Protocol != ProtocolAzure {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return lasted < 30*time.Second && f.sent >= 100
+}
