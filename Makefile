@@ -1,0 +1,50 @@
+# Outpost: `make check` is the test command (README, .ci/run).
+SHELL   := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
+TESTFLAGS ?=
+
+.PHONY: build check peers vet test bench fuzz soak clean
+
+## build: the static, stripped binary in bin/outpost
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/outpost ./cmd/outpost
+
+## check: install missing test peers (as root), then vet and every test with -race
+check: peers vet test
+
+peers:
+	@bash .ci/peers
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+
+test:
+	$(GO) test -race -timeout 30m $(TESTFLAGS) ./...
+
+## bench: Go benchmarks of the hot paths
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## fuzz: longer fuzzing than the bounded runs inside `make check`
+FUZZTIME ?= 2m
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+## soak: the long fault-injection runs
+soak:
+	OUTPOST_SOAK=1 $(GO) test -race -timeout 120m -run 'Soak|Crash|Fault' -v ./...
+
+clean:
+	rm -rf bin dist
+
+-include firmware/firmware.mk
