@@ -1,0 +1,166 @@
+package hub
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"fmt"
+	"runtime"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// bcryptSlots bounds concurrent bcrypt comparisons so that a reconnect storm
+// with wrong passwords cannot take every core.
+var bcryptSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+
+func checkHash(hash string) error {
+	if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+		return fmt.Errorf("password_hash is not a bcrypt hash: %w", err)
+	}
+	return nil
+}
+
+// authenticate decides a CONNECT. The client id must be a configured device
+// id; the login is either a verified TLS client certificate with CN = id
+// (username then empty or = id) or username = id with the right password.
+func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	id := pk.Connect.ClientIdentifier
+	c, ok := h.clients[id]
+	if !ok || msg.ValidDeviceID(id) != nil {
+		return false
+	}
+	user := string(pk.Connect.Username)
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		if len(st.VerifiedChains) > 0 && st.PeerCertificates[0].Subject.CommonName == id {
+			return user == "" || user == id
+		}
+	}
+	if user != id || c.PasswordHash == "" || !pk.Connect.PasswordFlag {
+		return false
+	}
+	return c.checkPassword(pk.Connect.Password)
+}
+
+// checkPassword compares pw with the bcrypt hash. A password that passed
+// once is remembered as a SHA-256 digest, so a reconnecting leaf does not
+// pay bcrypt's cost again (only the matching password is remembered).
+func (c *clientConf) checkPassword(pw []byte) bool {
+	d := sha256.Sum256(pw)
+	c.mu.Lock()
+	if c.okSet && subtle.ConstantTimeCompare(d[:], c.okDigest[:]) == 1 {
+		c.mu.Unlock()
+		return true
+	}
+	c.mu.Unlock()
+	bcryptSlots <- struct{}{}
+	err := bcrypt.CompareHashAndPassword([]byte(c.PasswordHash), pw)
+	<-bcryptSlots
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	c.okDigest, c.okSet = d, true
+	c.mu.Unlock()
+	return true
+}
+
+// allowed is the ACL: topic is a topic (write, or read at delivery) or a
+// filter (read at subscribe).
+func (h *Hub) allowed(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	id := cl.ID
+	c, ok := h.clients[id]
+	if !ok {
+		return false
+	}
+	if write {
+		dev, _, err := msg.ParseEventsTopic(topic)
+		return err == nil && dev == id
+	}
+	if ownDevicebound(id, topic) {
+		return true
+	}
+	return c.ReadAll && eventsOnlyFilter(topic)
+}
+
+// ownDevicebound reports whether f (a filter or topic) lies within
+// devices/{id}/messages/devicebound/#.
+func ownDevicebound(id, f string) bool {
+	prefix := "devices/" + id + "/messages/devicebound"
+	rest, ok := strings.CutPrefix(f, prefix)
+	if !ok {
+		return false
+	}
+	return rest == "" || rest == "/#" || strings.HasPrefix(rest, "/")
+}
+
+// eventsOnlyFilter reports whether every topic f can match is a D2C topic:
+// devices/{x}/messages/events[/...], where x may be "+".
+func eventsOnlyFilter(f string) bool {
+	parts := strings.Split(f, "/")
+	if len(parts) < 4 || parts[0] != "devices" || parts[2] != "messages" || parts[3] != "events" {
+		return false
+	}
+	if parts[1] == "#" || parts[1] == "" {
+		return false
+	}
+	return parts[1] == "+" || msg.ValidDeviceID(parts[1]) == nil
+}
+
+// hook is the hub's single mochi hook: auth, ACL, ingest and C2D tracking.
+// It must be the only hook providing OnConnectAuthenticate and OnACLCheck:
+// mochi ORs those across hooks.
+type hook struct {
+	mqtt.HookBase
+	h *Hub
+}
+
+func (k *hook) ID() string { return "outpost-hub" }
+
+func (k *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnPacketRead,
+		mqtt.OnPublish,
+		mqtt.OnSubscribed,
+		mqtt.OnQosComplete,
+	}, []byte{b})
+}
+
+// OnConnect drops a will: it would be published without being stored.
+func (k *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	cl.Properties.Will = mqtt.Will{}
+	return nil
+}
+
+func (k *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ok := k.h.authenticate(cl, pk)
+	if !ok {
+		k.h.stats.authFailures.Add(1)
+		k.h.log.Debug("hub: login refused", "client", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote)
+	}
+	return ok
+}
+
+func (k *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	ok := k.h.allowed(cl, topic, write)
+	if !ok {
+		k.h.stats.aclDenied.Add(1)
+	}
+	return ok
+}
+

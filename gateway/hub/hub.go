@@ -1,0 +1,321 @@
+// Package hub is the gateway's local MQTT hub: an embedded mochi-mqtt broker
+// where leaf devices (and local observers such as a dashboard) connect.
+//
+// Its one rule: a leaf never gets a PUBACK for a message that is not stored.
+// A QoS 1 PUBLISH on devices/{id}/messages/events/{bag} becomes a
+// msg.Record that is handed to the outbox (an Appender); the PUBACK is sent
+// only after the Appender reports the record durable. When the append fails
+// an MQTT 3.1.1 leaf is disconnected without a PUBACK (so it sends again
+// after reconnecting) and an MQTT 5 leaf gets a PUBACK with a failure reason
+// code (0x97 quota exceeded when the store is full, 0x80 otherwise).
+// Messages are fanned out to local subscribers only once stored.
+//
+// Who may do what:
+//   - no anonymous clients: client id = username = a configured device id,
+//     with a bcrypt password, or (on the TLS listener) a verified client
+//     certificate whose CN is the device id;
+//   - a leaf publishes only to its own D2C topic and subscribes only to its
+//     own C2D topic (devices/{id}/messages/devicebound/#);
+//   - a client configured with ReadAll may also subscribe to every D2C topic;
+//   - QoS 2 is refused (MQTT 5 CONNACK advertises maximum QoS 1; a QoS 2
+//     PUBLISH disconnects the client); retained publishes are not retained;
+//     wills are dropped at CONNECT, since they would bypass the store.
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// Appender is the slice of the store the hub uses; *store.Queue satisfies it.
+//
+// Submit queues recs for appending and returns at once; done is called
+// exactly once, after the records are durable (nil) or when they will never
+// be (an error), in submission order for one caller. Submit may assign
+// ID and Seq on the records. done must not block for long: the hub only
+// records the outcome in it.
+type Appender interface {
+	Submit(recs []*msg.Record, done func(error))
+}
+
+// Client is one configured MQTT client of the hub.
+type Client struct {
+	ID           string       // device id = MQTT client id = username
+	PasswordHash string       // bcrypt hash ("" = no password login; TLS certificate only)
+	Priority     msg.Priority // outbox priority of its D2C messages (the zero value is msg.High; config should use msg.ParsePriority)
+	ReadAll      bool         // may subscribe to every D2C topic (a dashboard, Node-RED)
+}
+
+// Options configure a Hub. Zero values take the defaults noted.
+type Options struct {
+	Listen    string // plain TCP address, e.g. "127.0.0.1:1883"; "" disables it
+	TLSListen string // TLS address; "" disables it
+	// CertFile and KeyFile are the TLS listener's certificate; with
+	// ClientCAFile, client certificates signed by that CA are verified and
+	// accepted as login (CN = device id).
+	CertFile, KeyFile, ClientCAFile string
+
+	MaxMessageBytes int // largest accepted D2C payload; default 262144 (IoT Hub's cap)
+	Clients         []Client
+
+	// MaxInflight is the number of QoS 1 messages per client that may await
+	// storage and PUBACK at once (MQTT 5 receive maximum); a client that
+	// sends more is read no further until PUBACKs go out. Default 256.
+	MaxInflight int
+	// SessionExpiry is how long an offline persistent session (and its
+	// pending C2D messages in the broker) is kept. Default 24h.
+	SessionExpiry time.Duration
+	// ConnectRate is the sustained rate of accepted new connections per
+	// second over all listeners, ConnectBurst the bucket size; connections
+	// beyond it are closed at once. Defaults 50/s and 100.
+	ConnectRate  float64
+	ConnectBurst int
+
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultMaxMessageBytes = 256 << 10
+	DefaultMaxInflight     = 256
+	DefaultSessionExpiry   = 24 * time.Hour
+	DefaultConnectRate     = 50
+	DefaultConnectBurst    = 100
+)
+
+// Errors.
+var (
+	ErrClosed      = errors.New("hub: closed")
+	ErrUnknownLeaf = errors.New("hub: unknown device")
+)
+
+// Hub is the local MQTT hub. Create it with New, then Start it.
+type Hub struct {
+	opt     Options
+	out     Appender
+	log     *slog.Logger
+	clients map[string]*clientConf
+	srv     *mqtt.Server
+	hook    *hook
+	plain   *listener
+	tls     *listener
+	rate    *rateLimiter
+	c2d     *c2d
+	stats   counters
+	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+}
+
+type clientConf struct {
+	Client
+	mu       sync.Mutex
+	okDigest [32]byte // sha256 of the last password that passed bcrypt
+	okSet    bool
+}
+
+// New checks opt and builds a Hub that stores leaf messages through out.
+// Nothing listens before Start.
+func New(opt Options, out Appender) (*Hub, error) {
+	if out == nil {
+		return nil, errors.New("hub: nil Appender")
+	}
+	if opt.MaxMessageBytes <= 0 {
+		opt.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if opt.MaxInflight <= 0 {
+		opt.MaxInflight = DefaultMaxInflight
+	}
+	if opt.MaxInflight > math.MaxUint16 {
+		opt.MaxInflight = math.MaxUint16
+	}
+	if opt.SessionExpiry <= 0 {
+		opt.SessionExpiry = DefaultSessionExpiry
+	}
+	if opt.ConnectRate <= 0 {
+		opt.ConnectRate = DefaultConnectRate
+	}
+	if opt.ConnectBurst <= 0 {
+		opt.ConnectBurst = DefaultConnectBurst
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Listen == "" && opt.TLSListen == "" {
+		return nil, errors.New("hub: neither listen nor tls_listen set")
+	}
+	if opt.TLSListen != "" && (opt.CertFile == "" || opt.KeyFile == "") {
+		return nil, errors.New("hub: tls_listen needs cert_file and key_file")
+	}
+	h := &Hub{
+		opt:     opt,
+		out:     out,
+		log:     opt.Logger,
+		clients: make(map[string]*clientConf, len(opt.Clients)),
+		rate:    newRateLimiter(opt.ConnectRate, opt.ConnectBurst),
+	}
+	var errs []error
+	for i, c := range opt.Clients {
+		if err := msg.ValidDeviceID(c.ID); err != nil {
+			errs = append(errs, fmt.Errorf("hub: clients[%d]: %w", i, err))
+			continue
+		}
+		if _, dup := h.clients[c.ID]; dup {
+			errs = append(errs, fmt.Errorf("hub: clients[%d]: duplicate id %q", i, c.ID))
+			continue
+		}
+		if c.PasswordHash != "" {
+			if err := checkHash(c.PasswordHash); err != nil {
+				errs = append(errs, fmt.Errorf("hub: clients[%d] %q: %w", i, c.ID, err))
+				continue
+			}
+		}
+		h.clients[c.ID] = &clientConf{Client: c}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	h.c2d = newC2D(h)
+	return h, nil
+}
+
+// Start binds the listeners and serves; it returns once they listen.
+func (h *Hub) Start() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	if h.started {
+		return errors.New("hub: already started")
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0
+	caps.ReceiveMaximum = uint16(h.opt.MaxInflight)
+	caps.MaximumInflight = 1024
+	caps.MaximumSessionExpiryInterval = uint32(min(h.opt.SessionExpiry/time.Second, math.MaxUint32))
+	caps.MaximumMessageExpiryInterval = int64(h.opt.SessionExpiry / time.Second)
+	// The payload cap is enforced per message before storing; this bound
+	// only keeps a hostile length prefix from allocating without limit.
+	caps.MaximumPacketSize = uint32(h.opt.MaxMessageBytes + 64<<10)
+	caps.SharedSubAvailable = 0
+	caps.TopicAliasMaximum = 16
+	srv := mqtt.New(&mqtt.Options{
+		InlineClient:           true,
+		Capabilities:           caps,
+		Logger:                 h.log.With("part", "mochi"),
+		SysTopicResendInterval: 60,
+	})
+	h.hook = &hook{h: h}
+	if err := srv.AddHook(h.hook, nil); err != nil {
+		return fmt.Errorf("hub: add hook: %w", err)
+	}
+	if h.opt.Listen != "" {
+		h.plain = newListener("tcp", h.opt.Listen, nil, h)
+		if err := srv.AddListener(h.plain); err != nil {
+			return fmt.Errorf("hub: listen %s: %w", h.opt.Listen, err)
+		}
+	}
+	if h.opt.TLSListen != "" {
+		cfg, err := h.tlsConfig()
+		if err != nil {
+			h.closeListeners()
+			return err
+		}
+		h.tls = newListener("tls", h.opt.TLSListen, cfg, h)
+		if err := srv.AddListener(h.tls); err != nil {
+			h.closeListeners()
+			return fmt.Errorf("hub: tls listen %s: %w", h.opt.TLSListen, err)
+		}
+	}
+	h.srv = srv
+	if err := srv.Serve(); err != nil {
+		h.srv = nil
+		h.closeListeners()
+		return fmt.Errorf("hub: serve: %w", err)
+	}
+	h.started = true
+	h.log.Info("hub listening", "addr", h.Addr(), "tls_addr", h.TLSAddr(), "clients", len(h.clients))
+	return nil
+}
+
+func (h *Hub) closeListeners() {
+	if h.plain != nil {
+		h.plain.Close(func(string) {})
+	}
+	if h.tls != nil {
+		h.tls.Close(func(string) {})
+	}
+}
+
+// Addr is the bound plain TCP address ("" when disabled or not started).
+func (h *Hub) Addr() string {
+	if h.plain == nil {
+		return ""
+	}
+	return h.plain.Address()
+}
+
+// TLSAddr is the bound TLS address ("" when disabled or not started).
+func (h *Hub) TLSAddr() string {
+	if h.tls == nil {
+		return ""
+	}
+	return h.tls.Address()
+}
+
+// Close disconnects every client, stops the listeners and fails pending
+// C2D deliveries with ErrClosed. It waits for connection goroutines to end;
+// appends already submitted still complete in the store, but their PUBACKs
+// are not sent. Safe to call more than once and after a failed Start.
+func (h *Hub) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	srv := h.srv
+	h.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	} else {
+		h.closeListeners()
+	}
+	h.c2d.close()
+	return nil
+}
+
+// Publish fans a stored record out to local subscribers (observers) on
+// r.Topic(). Adapter readings use it after their append; leaf messages are
+// fanned out by the hub itself once stored. It does not block on slow
+// subscribers (mochi queues per client and drops when a queue is full).
+func (h *Hub) Publish(r *msg.Record) error {
+	h.mu.Lock()
+	srv, closed := h.srv, h.closed
+	h.mu.Unlock()
+	if closed || srv == nil {
+		return ErrClosed
+	}
+	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
+		return fmt.Errorf("hub: publish %s: %w", r.Device, err)
+	}
+	return nil
+}
+
+func (h *Hub) server() *mqtt.Server {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.srv
+}

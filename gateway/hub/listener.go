@@ -1,0 +1,189 @@
+package hub
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// handshakeTimeout bounds a TLS handshake, so a silent peer cannot hold a
+// connection goroutine.
+const handshakeTimeout = 10 * time.Second
+
+// listener is a mochi listener that contains panics per connection: mochi
+// decodes a client's packets in the goroutine its listener starts for the
+// connection, and nothing in mochi recovers (a truncated MQTT 5 SUBSCRIBE
+// panics in packets.SubscribeDecode in v2.7.9). It also applies the hub's
+// connection rate limit and, for TLS, completes the handshake (with a
+// deadline) before mochi reads the CONNECT.
+type listener struct {
+	id      string
+	address string
+	tls     *tls.Config
+	h       *Hub
+	log     *slog.Logger
+
+	mu  sync.Mutex
+	ln  net.Listener
+	end atomic.Bool
+}
+
+func newListener(id, address string, cfg *tls.Config, h *Hub) *listener {
+	return &listener{id: id, address: address, tls: cfg, h: h}
+}
+
+func (l *listener) ID() string       { return l.id }
+func (l *listener) Protocol() string { return "tcp" }
+
+func (l *listener) Address() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// Init binds the address.
+func (l *listener) Init(log *slog.Logger) error {
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.ln, l.log = ln, log
+	l.mu.Unlock()
+	return nil
+}
+
+// Serve accepts connections until Close.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	var delay time.Duration
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if l.end.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off like net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Warn("hub: accept failed; will retry", "error", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if l.end.Load() {
+			conn.Close()
+			return
+		}
+		if !l.h.rate.allow() {
+			l.h.stats.rateLimited.Add(1)
+			conn.Close()
+			continue
+		}
+		go l.serveConn(conn, establish)
+	}
+}
+
+// serveConn runs one connection and turns a panic into a closed connection.
+func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
+	defer func() {
+		if r := recover(); r != nil {
+			conn.Close()
+			l.h.stats.panics.Add(1)
+			l.log.Error("hub: connection panicked; closed it", "remote", conn.RemoteAddr().String(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			l.h.afterPanic(conn)
+		}
+	}()
+	if l.tls != nil {
+		tc := tls.Server(conn, l.tls)
+		_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
+		if err := tc.Handshake(); err != nil {
+			l.h.stats.tlsFailures.Add(1)
+			l.log.Debug("hub: tls handshake failed", "remote", conn.RemoteAddr().String(), "error", err)
+			tc.Close()
+			return
+		}
+		_ = tc.SetDeadline(time.Time{})
+		conn = tc
+	}
+	if err := establish(l.id, conn); err != nil {
+		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+	}
+}
+
+// Close stops accepting, then disconnects this listener's clients.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	if l.end.Swap(true) {
+		return
+	}
+	l.mu.Lock()
+	ln := l.ln
+	l.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	closeClients(l.id)
+}
+
+// tlsConfig loads the TLS listener's certificate and, when set, the CA that
+// signs client certificates (verified if given; password login remains).
+func (h *Hub) tlsConfig() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(h.opt.CertFile, h.opt.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("hub: tls certificate: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if h.opt.ClientCAFile != "" {
+		pem, err := os.ReadFile(h.opt.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("hub: client ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("hub: client ca %s: no certificates found", h.opt.ClientCAFile)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
+}
+
+// rateLimiter is a token bucket for new connections.
+type rateLimiter struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newRateLimiter(rate float64, burst int) *rateLimiter {
+	return &rateLimiter{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+func (r *rateLimiter) allow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	if !r.last.IsZero() {
+		r.tokens = min(r.burst, r.tokens+now.Sub(r.last).Seconds()*r.rate)
+	}
+	r.last = now
+	if r.tokens < 1 {
+		return false
+	}
+	r.tokens--
+	return true
+}

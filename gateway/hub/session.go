@@ -1,0 +1,73 @@
+package hub
+
+import (
+	"fmt"
+	"net"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// errQoS2 disconnects a client that sends a QoS 2 PUBLISH.
+var errQoS2 = fmt.Errorf("hub: qos 2 not supported: %w", packets.ErrRejectPacket)
+
+// OnPacketRead refuses QoS 2 before mochi would downgrade it (and answer a
+// QoS 2 sender with a PUBACK it does not expect), and sees every PUBACK a
+// leaf sends: mochi's own bookkeeping of outbound packet ids can be wiped
+// by an inbound PUBLISH that reuses the id, so C2D completion is matched
+// here rather than in OnQosComplete.
+func (k *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch {
+	case pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos > 1:
+		k.h.stats.refused.Add(1)
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+				ReasonCode:  packets.ErrQosNotSupported.Code,
+			})
+		}
+		return pk, errQoS2
+	case pk.FixedHeader.Type == packets.Puback:
+		k.h.c2d.puback(cl, pk.PacketID)
+	}
+	return pk, nil
+}
+
+func (k *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	k.h.stats.connects.Add(1)
+	k.h.conns.Store(cl.Net.Conn, cl)
+	k.h.c2d.online(cl)
+}
+
+func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	k.h.c2d.online(cl)
+}
+
+func (k *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	k.h.conns.Delete(cl.Net.Conn)
+	k.h.c2d.offline(cl)
+	k.h.ingestOffline(cl)
+}
+
+// afterPanic tidies up after a connection goroutine panicked: mochi skipped
+// its disconnect handling, so the client would linger as connected.
+func (h *Hub) afterPanic(conn net.Conn) {
+	v, ok := h.conns.LoadAndDelete(conn)
+	if !ok {
+		return
+	}
+	cl := v.(*mqtt.Client)
+	cl.Stop(fmt.Errorf("hub: connection panicked"))
+	h.c2d.offline(cl)
+	h.ingestOffline(cl)
+	srv := h.server()
+	if srv == nil {
+		return
+	}
+	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	if cur, ok := srv.Clients.Get(cl.ID); ok && cur == cl && expire {
+		srv.UnsubscribeClient(cl)
+		srv.Clients.Delete(cl.ID)
+	}
+}
