@@ -163,4 +163,3 @@ func (k *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	return ok
 }
-

@@ -29,9 +29,9 @@ type Stats struct {
 
 type counters struct {
 	connects, authFailures, aclDenied, rateLimited, tlsFailures, panics atomic.Uint64
-	received, stored, refused, refusedFull                            atomic.Uint64
-	pending                                                           atomic.Int64
-	c2dQueued, c2dSent, c2dAcked, c2dExpired                          atomic.Uint64
+	received, stored, refused, refusedFull                              atomic.Uint64
+	pending                                                             atomic.Int64
+	c2dQueued, c2dSent, c2dAcked, c2dExpired                            atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
