@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"log/slog"
 	"net"
 	"os"
@@ -270,3 +271,64 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 var _ = bytes.Equal
+
+// shuffleStore completes each submission after its own random delay, so
+// completions arrive out of order (the real store keeps order; the hub must
+// not depend on it).
+type shuffleStore struct {
+	fakeStore
+	max time.Duration
+}
+
+func (s *shuffleStore) Submit(recs []*msg.Record, done func(error)) {
+	d := time.Duration(rand.Int64N(int64(s.max)))
+	go func() {
+		time.Sleep(d)
+		var err error
+		s.mu.Lock()
+		if s.fail != nil {
+			err = s.fail(recs[0])
+		}
+		if err == nil {
+			s.seq++
+			recs[0].Seq = s.seq
+			s.recs = append(s.recs, recs...)
+		}
+		s.mu.Unlock()
+		done(err)
+	}()
+}
+
+// connect4 is an MQTT 3.1.1 CONNECT with clean session, username and password.
+func connect4(id, user, pass string) []byte {
+	body := append(mqttString("MQTT"), 4, 0xC2, 0, 60)
+	body = append(body, mqttString(id)...)
+	body = append(body, mqttString(user)...)
+	body = append(body, mqttString(pass)...)
+	return packet(0x10, body)
+}
+
+func rawConnect4(t testing.TB, addr, id string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(connect4(id, id, testPassword)); err != nil {
+		t.Fatal(err)
+	}
+	typ, body := readPacket(t, c)
+	if typ>>4 != 2 || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("CONNACK: type %#x body %x", typ, body)
+	}
+	return c
+}
+
+// publish4 is an MQTT 3.1.1 PUBLISH with QoS 1.
+func publish4(topic string, pid uint16, payload []byte) []byte {
+	body := mqttString(topic)
+	body = binary.BigEndian.AppendUint16(body, pid)
+	body = append(body, payload...)
+	return packet(0x32, body)
+}

@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -103,7 +104,7 @@ type Hub struct {
 	out     Appender
 	log     *slog.Logger
 	clients map[string]*clientConf
-	srv     *mqtt.Server
+	srv     atomic.Pointer[mqtt.Server]
 	hook    *hook
 	plain   *listener
 	tls     *listener
@@ -111,6 +112,10 @@ type Hub struct {
 	c2d     *c2d
 	stats   counters
 	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
+
+	sessions sync.Map       // *mqtt.Client -> *session
+	writers  sync.WaitGroup // session goroutines
+	closing  chan struct{}  // closed by Close
 
 	mu      sync.Mutex
 	started bool
@@ -163,6 +168,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 		log:     opt.Logger,
 		clients: make(map[string]*clientConf, len(opt.Clients)),
 		rate:    newRateLimiter(opt.ConnectRate, opt.ConnectBurst),
+		closing: make(chan struct{}),
 	}
 	var errs []error
 	for i, c := range opt.Clients {
@@ -239,9 +245,9 @@ func (h *Hub) Start() error {
 			return fmt.Errorf("hub: tls listen %s: %w", h.opt.TLSListen, err)
 		}
 	}
-	h.srv = srv
+	h.srv.Store(srv)
 	if err := srv.Serve(); err != nil {
-		h.srv = nil
+		h.srv.Store(nil)
 		h.closeListeners()
 		return fmt.Errorf("hub: serve: %w", err)
 	}
@@ -286,7 +292,8 @@ func (h *Hub) Close() error {
 		return nil
 	}
 	h.closed = true
-	srv := h.srv
+	close(h.closing)
+	srv := h.srv.Load()
 	h.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
@@ -294,6 +301,15 @@ func (h *Hub) Close() error {
 		h.closeListeners()
 	}
 	h.c2d.close()
+	// Wait for the store to answer what was submitted, so that no session
+	// goroutine outlives the hub; nobody is left to get those PUBACKs.
+	done := make(chan struct{})
+	go func() { h.writers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+		h.log.Warn("hub: store did not answer pending appends; closing anyway", "pending", h.stats.pending.Load())
+	}
 	return nil
 }
 
@@ -302,10 +318,8 @@ func (h *Hub) Close() error {
 // fanned out by the hub itself once stored. It does not block on slow
 // subscribers (mochi queues per client and drops when a queue is full).
 func (h *Hub) Publish(r *msg.Record) error {
-	h.mu.Lock()
-	srv, closed := h.srv, h.closed
-	h.mu.Unlock()
-	if closed || srv == nil {
+	srv := h.server()
+	if srv == nil {
 		return ErrClosed
 	}
 	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
@@ -314,8 +328,15 @@ func (h *Hub) Publish(r *msg.Record) error {
 	return nil
 }
 
+// server is the running broker, or nil before Start and after Close.
 func (h *Hub) server() *mqtt.Server {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.srv
+	select {
+	case <-h.closing:
+		return nil
+	default:
+	}
+	return h.srv.Load()
 }
+
+// closeWait bounds how long Close waits for the store to answer appends.
+const closeWait = 10 * time.Second

@@ -3,6 +3,7 @@ package hub
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -12,15 +13,28 @@ import (
 
 // ErrStoreFull may be wrapped by an Appender's error to say the store is
 // full; an MQTT 5 leaf then gets PUBACK reason 0x97 (quota exceeded).
-// Errors with a method Full() bool returning true count as well.
+// Errors with a method Full() bool returning true, and store.ErrFull, count
+// as well.
 var ErrStoreFull = errors.New("hub: store full")
 
 // ErrTooLarge is the refusal of a payload above MaxMessageBytes.
 var ErrTooLarge = errors.New("hub: message too large")
 
+// errRejected is what OnPublish returns for every leaf message: the hub,
+// not mochi, answers it (see session).
+var errRejected = fmt.Errorf("hub: handled by the hub: %w", packets.ErrRejectPacket)
+
+// fullSentinels are other packages' "store full" errors (see store_full.go).
+var fullSentinels []error
+
 func isFull(err error) bool {
 	if errors.Is(err, ErrStoreFull) {
 		return true
+	}
+	for _, s := range fullSentinels {
+		if errors.Is(err, s) {
+			return true
+		}
 	}
 	var f interface{ Full() bool }
 	return errors.As(err, &f) && f.Full()
@@ -59,53 +73,220 @@ func refusalCode(err error) packets.Code {
 	case isFull(err):
 		return packets.ErrQuotaExceeded
 	case errors.Is(err, ErrTooLarge):
-		return packets.Code{Code: packets.ErrPacketTooLarge.Code, Reason: "message too large"}
+		return packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "message too large"}
 	case errors.Is(err, msg.ErrNotEvents):
 		return packets.ErrTopicNameInvalid
 	}
 	return packets.ErrUnspecifiedError
 }
 
-// OnPublish stores a leaf's message before mochi acknowledges it.
+// OnPublish takes a leaf's message off mochi's path: it is submitted to
+// the store and answered by the client's session in receive order once the
+// store has answered (see session.run). Returning ErrRejectPacket makes
+// mochi send nothing and fan out nothing itself. When MaxInflight messages
+// of this client already await their PUBACK, OnPublish blocks, and so does
+// the reading of this client's connection: TCP flow control then slows the
+// client down.
 func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
 	}
 	h := k.h
 	h.stats.received.Add(1)
+	s := h.session(cl)
+	select {
+	case s.slots <- struct{}{}:
+	case <-h.closing:
+		cl.Stop(ErrClosed)
+		return pk, errRejected
+	}
+	e := &entry{pid: pk.PacketID, qos: pk.FixedHeader.Qos, topic: pk.TopicName}
 	r, err := h.record(cl, pk)
-	if err == nil {
-		done := make(chan error, 1)
-		h.out.Submit([]*msg.Record{r}, func(err error) { done <- err })
-		err = <-done
-	}
+	s.mu.Lock()
+	s.q = append(s.q, e)
+	s.mu.Unlock()
 	if err != nil {
-		return pk, h.refuse(cl, pk, err)
+		s.complete(e, err)
+		return pk, errRejected
 	}
-	h.stats.stored.Add(1)
-	pk.TopicName = r.Topic()
-	pk.FixedHeader.Retain = false
-	return pk, nil
+	e.rec = r
+	h.stats.pending.Add(1)
+	h.out.Submit([]*msg.Record{r}, func(err error) {
+		h.stats.pending.Add(-1)
+		s.complete(e, err)
+	})
+	return pk, errRejected
 }
 
-// refuse decides what a leaf hears about a message that was not stored and
-// returns the error for OnPublish. It never lets mochi send a success PUBACK:
-// MQTT 5 QoS 1 gets a failure reason code; MQTT 3.1.1 has none, so the
-// client is disconnected and sends the message again after reconnecting.
-func (h *Hub) refuse(cl *mqtt.Client, pk packets.Packet, err error) error {
+// entry is one received PUBLISH awaiting its answer.
+type entry struct {
+	pid   uint16
+	qos   byte
+	topic string
+	rec   *msg.Record
+	done  bool
+	err   error
+}
+
+// session is the ingest state of one connection: its received messages in
+// order, and a goroutine that sends their PUBACKs (and fans them out) in
+// that order as the store completes them. MQTT requires PUBACKs in receive
+// order; the store's group commit completes them in order too, but the
+// session does not rely on it.
+type session struct {
+	h     *Hub
+	cl    *mqtt.Client
+	v5    bool
+	slots chan struct{} // one per message awaiting its answer
+	wake  chan struct{} // cap 1
+
+	mu     sync.Mutex
+	q      []*entry
+	ended  bool // the connection is gone: drain, answer nothing
+	killed bool // a 3.1.1 client was disconnected for a refusal
+}
+
+func (h *Hub) session(cl *mqtt.Client) *session {
+	if v, ok := h.sessions.Load(cl); ok {
+		return v.(*session)
+	}
+	s := &session{
+		h:     h,
+		cl:    cl,
+		v5:    cl.Properties.ProtocolVersion == 5,
+		slots: make(chan struct{}, h.opt.MaxInflight),
+		wake:  make(chan struct{}, 1),
+	}
+	h.sessions.Store(cl, s)
+	h.writers.Add(1)
+	go s.run()
+	return s
+}
+
+func (s *session) complete(e *entry, err error) {
+	s.mu.Lock()
+	e.done, e.err = true, err
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *session) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ingestOffline is called when a client's connection ends: its session
+// answers nothing more, but still fans out what gets stored.
+func (h *Hub) ingestOffline(cl *mqtt.Client) {
+	v, ok := h.sessions.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	s := v.(*session)
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// run answers completed entries from the head of the queue until the
+// connection has ended and nothing is left.
+func (s *session) run() {
+	defer s.h.writers.Done()
+	var ready []*entry
+	var acks []byte
+	for range s.wake {
+		s.mu.Lock()
+		n := 0
+		for n < len(s.q) && s.q[n].done {
+			n++
+		}
+		ready = append(ready[:0], s.q[:n]...)
+		s.q = append(s.q[:0], s.q[n:]...)
+		quiet := s.ended || s.killed
+		finished := s.ended && len(s.q) == 0
+		s.mu.Unlock()
+
+		acks = acks[:0]
+		for _, e := range ready {
+			if e.err != nil {
+				acks = s.refuse(e, acks, quiet)
+				quiet = quiet || s.killedNow()
+				continue
+			}
+			s.h.stats.stored.Add(1)
+			if e.qos > 0 && !quiet {
+				acks = append(acks, 0x40, 2, byte(e.pid>>8), byte(e.pid))
+			}
+		}
+		s.write(acks)
+		for _, e := range ready {
+			<-s.slots
+			if e.err == nil {
+				s.h.fanOut(e.rec)
+			}
+		}
+		if finished {
+			return
+		}
+	}
+}
+
+func (s *session) killedNow() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.killed
+}
+
+// refuse answers a message that was not stored. It never sends a success
+// PUBACK: MQTT 5 QoS 1 gets a failure reason code; MQTT 3.1.1 has none, so
+// the client is disconnected (after the PUBACKs before it) and sends the
+// message again after reconnecting. A refused QoS 0 message is dropped.
+func (s *session) refuse(e *entry, acks []byte, quiet bool) []byte {
+	h := s.h
 	h.stats.refused.Add(1)
-	if isFull(err) {
+	if isFull(e.err) {
 		h.stats.refusedFull.Add(1)
 	}
-	h.log.Debug("hub: message refused", "client", cl.ID, "topic", pk.TopicName, "error", err)
-	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-		return refusalCode(err)
+	h.log.Debug("hub: message refused", "client", s.cl.ID, "topic", e.topic, "error", e.err)
+	if quiet || e.qos == 0 {
+		return acks
 	}
-	if pk.FixedHeader.Qos > 0 {
-		cl.Stop(err)
+	if s.v5 {
+		code := refusalCode(e.err)
+		return append(acks, 0x40, 3, byte(e.pid>>8), byte(e.pid), code.Code)
 	}
-	return fmt.Errorf("hub: %w: %w", packets.ErrRejectPacket, err)
+	s.write(acks)
+	s.mu.Lock()
+	s.killed = true
+	s.mu.Unlock()
+	s.cl.Stop(e.err)
+	return acks[:0]
 }
 
-// ingestOffline is called when a client's connection ends.
-func (h *Hub) ingestOffline(cl *mqtt.Client) {}
+// write sends encoded PUBACKs in one write, under the client's lock (which
+// mochi's WritePacket takes too, so packets never interleave).
+func (s *session) write(b []byte) {
+	if len(b) == 0 || s.cl.Closed() {
+		return
+	}
+	s.cl.Lock()
+	_, err := s.cl.Net.Conn.Write(b)
+	s.cl.Unlock()
+	if err != nil {
+		s.cl.Stop(err)
+	}
+}
+
+// fanOut publishes a stored record to local subscribers.
+func (h *Hub) fanOut(r *msg.Record) {
+	srv := h.server()
+	if srv == nil {
+		return
+	}
+	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
+		h.log.Debug("hub: fan-out failed", "device", r.Device, "error", err)
+	}
+}
