@@ -141,7 +141,9 @@ var ErrOptions = errors.New("cloudlink: invalid options")
 // withDefaults returns a copy of o with defaults filled in, or every problem.
 func (o Options) withDefaults() (Options, error) {
 	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrOptions}, a...)...)) }
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrOptions}, a...)...))
+	}
 	if o.Protocol == "" {
 		o.Protocol = ProtocolMQTT
 	}

@@ -23,19 +23,20 @@ type delivery struct {
 // collector is a paho subscriber at the upstream broker that records every
 // D2C message: it stands in for the cloud application.
 type collector struct {
-	t     testing.TB
-	c     paho.Client
-	mu    sync.Mutex
-	got   []delivery
-	seen  map[string]bool // $.mid
-	dups  int
-	wake  chan struct{}
-	bad   []string
+	t    testing.TB
+	c    paho.Client
+	mu   sync.Mutex
+	got  []delivery
+	seen map[string]bool // $.mid
+	dups int
+	wake chan struct{}
+	bad  []string
+	subs chan struct{} // a token per (re)subscription completed
 }
 
 func collect(t testing.TB, url string, tc *tls.Config, user, pass string) *collector {
 	t.Helper()
-	col := &collector{t: t, seen: map[string]bool{}, wake: make(chan struct{})}
+	col := &collector{t: t, seen: map[string]bool{}, wake: make(chan struct{}), subs: make(chan struct{}, 100)}
 	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("cloud-app-%d", time.Now().UnixNano())).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
 		SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(true).SetUsername(user).SetPassword(pass).
@@ -46,15 +47,21 @@ func collect(t testing.TB, url string, tc *tls.Config, user, pass string) *colle
 	const filter = "devices/+/messages/events/#"
 	o.SetOnConnectHandler(func(c paho.Client) {
 		// Re-subscribe after a broker restart (its sessions are not persisted).
-		go c.Subscribe(filter, 1, nil)
+		go func() {
+			if tok := c.Subscribe(filter, 1, nil); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				col.subs <- struct{}{}
+			}
+		}()
 	})
 	o.SetDefaultPublishHandler(col.handle)
 	col.c = paho.NewClient(o)
 	if tok := col.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("collector connect %s: %v", url, tok.Error())
 	}
-	if tok := col.c.Subscribe(filter, 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("collector subscribe: %v", tok.Error())
+	select {
+	case <-col.subs:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("collector did not subscribe")
 	}
 	t.Cleanup(func() { col.c.Disconnect(0) })
 	return col
@@ -83,6 +90,16 @@ func (col *collector) handle(_ paho.Client, m paho.Message) {
 	}
 	col.seen[d.mid] = true
 	col.got = append(col.got, d)
+}
+
+// waitSubscribed waits for the next (re)subscription, after a broker restart.
+func (col *collector) waitSubscribed(timeout time.Duration) {
+	col.t.Helper()
+	select {
+	case <-col.subs:
+	case <-time.After(timeout):
+		col.t.Fatalf("collector did not resubscribe within %v", timeout)
+	}
 }
 
 // waitUnique waits until n distinct $.mid values have arrived.

@@ -1,0 +1,189 @@
+package cloudlink
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/cloudlink/internal/tcpproxy"
+	"github.com/outpost-iot/outpost/gateway/peertest"
+)
+
+// producer appends records to q every tick, round-robin over devices, until stopped.
+type producer struct {
+	q        *memQueue
+	devices  []string
+	mu       sync.Mutex
+	want     map[string][]uint64
+	payloads map[uint64]string
+	n        int
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func produce(q *memQueue, tick time.Duration, devices ...string) *producer {
+	p := &producer{q: q, devices: devices, want: map[string][]uint64{}, payloads: map[uint64]string{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+			p.mu.Lock()
+			dev := devices[p.n%len(devices)]
+			body := fmt.Sprintf(`{"i":%d}`, p.n)
+			seq := q.Append(dev, []byte(body))
+			p.want[dev] = append(p.want[dev], seq)
+			p.payloads[seq] = body
+			p.n++
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+func (p *producer) finish() (map[string][]uint64, map[uint64]string, int) {
+	close(p.stop)
+	<-p.done
+	return p.want, p.payloads, p.n
+}
+
+// waitConnected polls Status until the session is connected (10 s at most).
+func waitConnected(t *testing.T, s *Session) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatalf("session not connected after 10 s: %+v", s.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func fastRetry(o Options) Options {
+	o.RetryMin, o.RetryMax = 20*time.Millisecond, 200*time.Millisecond
+	o.KeepAlive = time.Second
+	return o
+}
+
+func newProxy(t *testing.T, target string) *tcpproxy.Proxy {
+	p, err := tcpproxy.New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// TestOutageProxyCut cuts the link ten times while messages flow: every
+// message arrives, each device's messages arrive in order, and the link
+// resumes by itself every time.
+func TestOutageProxyCut(t *testing.T) {
+	m := peertest.StartMosquitto(t)
+	col := collect(t, "tcp://"+m.Addr, nil, "", "")
+	px := newProxy(t, m.Addr)
+	q := newMemQueue()
+	s, err := New(fastRetry(Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-cut", MaxInflight: 16, StrictOrder: true, Logger: testLogger(t)}), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSession(t, s)
+	prod := produce(q, 500*time.Microsecond, "d1", "d2", "d3", "d4")
+	for i := range 10 {
+		waitConnected(t, s)
+		time.Sleep(100 * time.Millisecond)
+		px.Set(tcpproxy.Cut)
+		time.Sleep(time.Duration(100+20*i) * time.Millisecond)
+		px.Set(tcpproxy.Up)
+	}
+	want, payloads, n := prod.finish()
+	waitDrained(t, q, 20*time.Second)
+	col.waitUnique(n, 10*time.Second)
+	dups := col.verify(want, payloads, true)
+	st := s.Status()
+	t.Logf("%d messages, %d duplicates, %d outages, %d resent, %d connections", n, dups, st.Outages, st.Resent, px.Accepts())
+	if st.Outages < 10 {
+		t.Errorf("status counts %d outages, want ≥ 10", st.Outages)
+	}
+	if !st.Connected {
+		t.Errorf("not connected at the end: %+v", st)
+	}
+}
+
+// TestOutageMosquittoRestart kills and restarts the upstream broker ten
+// times while messages flow.
+func TestOutageMosquittoRestart(t *testing.T) {
+	m := peertest.StartMosquitto(t)
+	col := collect(t, "tcp://"+m.Addr, nil, "", "")
+	// The gate keeps the gateway away from a restarted broker until the
+	// test's subscriber is back on it; otherwise the broker would accept
+	// (PUBACK) messages that nobody subscribes to yet and drop them.
+	gate := newProxy(t, m.Addr)
+	q := newMemQueue()
+	s, err := New(fastRetry(Options{URL: "mqtt://" + gate.Addr(), ClientID: "gw-restart", MaxInflight: 16, StrictOrder: true, Logger: testLogger(t)}), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSession(t, s)
+	prod := produce(q, 500*time.Microsecond, "d1", "d2", "d3")
+	for range 10 {
+		waitConnected(t, s)
+		time.Sleep(100 * time.Millisecond)
+		m.Kill()
+		gate.Set(tcpproxy.Cut)
+		m.Start()
+		col.waitSubscribed(10 * time.Second)
+		gate.Set(tcpproxy.Up)
+	}
+	want, payloads, n := prod.finish()
+	waitDrained(t, q, 20*time.Second)
+	col.waitUnique(n, 10*time.Second)
+	dups := col.verify(want, payloads, true)
+	st := s.Status()
+	t.Logf("%d messages, %d duplicates, %d outages, %d resent", n, dups, st.Outages, st.Resent)
+	if st.Outages < 10 {
+		t.Errorf("status counts %d outages, want ≥ 10", st.Outages)
+	}
+}
+
+// TestHalfOpenLink stalls the link without closing it: keep-alive must
+// notice, and the session must reconnect and deliver once the path is back.
+func TestHalfOpenLink(t *testing.T) {
+	m := peertest.StartMosquitto(t)
+	col := collect(t, "tcp://"+m.Addr, nil, "", "")
+	px := newProxy(t, m.Addr)
+	q := newMemQueue()
+	s, err := New(fastRetry(Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-halfopen", Logger: testLogger(t)}), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSession(t, s)
+	want, payloads := fill(q, 10, "d1")
+	col.waitUnique(10, 10*time.Second)
+	px.Set(tcpproxy.Stalled)
+	w2, p2 := fill(q, 10, "d1")
+	// The stalled connection must be given up (keep-alive 1 s) ...
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("session still believes a stalled link is up after 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// ... and a fresh one made through the restored path.
+	px.Set(tcpproxy.Cut) // drop the stalled connections, as a NAT reboot would
+	px.Set(tcpproxy.Up)
+	waitDrained(t, q, 20*time.Second)
+	col.waitUnique(20, 10*time.Second)
+	want["d1"] = append(want["d1"], w2["d1"]...)
+	for k, v := range p2 {
+		payloads[k] = v
+	}
+	col.verify(want, payloads, true)
+}
