@@ -41,6 +41,11 @@ type Cloud struct {
 	// client certificate in TLS.CertFile/KeyFile: exactly one.
 	SharedAccessKey     string `yaml:"shared_access_key"`
 	SharedAccessKeyFile string `yaml:"shared_access_key_file"`
+	// SharedAccessKeyName, when set, makes the key a shared access policy
+	// key (skn) with DeviceConnect rather than the device's own key: it
+	// signs tokens for the gateway and, with identity per-device, for every
+	// leaf (sr={host}/devices/{id}), so leaves need no keys of their own.
+	SharedAccessKeyName string `yaml:"shared_access_key_name"`
 	// SASTTL is the lifetime of a SAS token; the link reconnects with a
 	// fresh one before it expires. Default 1h when a key is configured.
 	SASTTL time.Duration `yaml:"sas_ttl"`

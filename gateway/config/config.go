@@ -16,6 +16,7 @@ package config
 import (
 	"fmt"
 	"os"
+	"reflect"
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
@@ -267,4 +268,32 @@ func (c *Config) fillDerived() {
 	if c.Cloud.SASTTL == 0 && (c.Cloud.SharedAccessKey != "" || c.Cloud.SharedAccessKeyFile != "") {
 		c.Cloud.SASTTL = DefaultSASTTL
 	}
+}
+
+// Pos returns "FILE:LINE:COL" for a key path such as "devices[2]" or
+// "hub.listen" (the nearest enclosing key written in the file), or just
+// FILE for a config built in code. Use it to place problems found later,
+// when a part starts with the config.
+func (c *Config) Pos(path string) string {
+	p := c.where.lookup(path, false)
+	if p.line == 0 {
+		return c.File
+	}
+	return fmt.Sprintf("%s:%d:%d", c.File, p.line, p.col)
+}
+
+// ErrorAt returns err as an *Error placed at path (see Pos), for problems
+// found after parsing, e.g. an adapter that cannot open its port:
+//
+//	cfg.ErrorAt(fmt.Sprintf("devices[%d]", i), err)
+func (c *Config) ErrorAt(path string, err error) *Error {
+	p := c.where.lookup(path, false)
+	return &Error{File: c.File, Line: p.line, Col: p.col, Path: path, Msg: err.Error()}
+}
+
+// Equal reports whether d and o configure the same device the same way,
+// so a reload can leave an unchanged device running.
+func (d Device) Equal(o Device) bool {
+	return d.ID == o.ID && d.Priority == o.Priority && d.Kind == o.Kind &&
+		reflect.DeepEqual(d.Adapter, o.Adapter) && reflect.DeepEqual(d.Azure, o.Azure)
 }

@@ -116,10 +116,7 @@ func TestFullSample(t *testing.T) {
 	}
 }
 
-// TestEveryKey sets every non-device key to a value other than its default
-// and checks where each one lands.
-func TestEveryKey(t *testing.T) {
-	src := `
+const everyKeySrc = `
 gateway: {id: gw-2, data_dir: /data}
 hub:
   listen: ""
@@ -131,7 +128,7 @@ hub:
   connect_rate: 2.5
   connect_burst: 7
   clients:
-    - {id: l1, password_hash: "` + hash + `", priority: high, read_all: true, azure: {shared_access_key: "a2V5"}}
+    - {id: l1, password_hash: "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS", priority: high, read_all: true, azure: {shared_access_key: "a2V5"}}
 http: {listen: "[::1]:9999"}
 store: {max_bytes: 1GB, when_full: reject, ttl: 0}
 cloud:
@@ -140,6 +137,7 @@ cloud:
   host: hub1.azure-devices.net
   device_id: gw-2-dev
   shared_access_key_file: /etc/outpost/key
+  shared_access_key_name: device
   sas_ttl: 2h
   identity: per-device
   tls: {ca_file: ca.pem, server_name: hub1, insecure_skip_verify: true}
@@ -151,7 +149,11 @@ commands: {ttl: 10s}
 devices:
   - {id: d1, priority: low, other: {port: p}, azure: {shared_access_key_file: /k}}
 `
-	c, err := Parse("every.yaml", []byte(src))
+
+// TestEveryKey sets every non-device key to a value other than its default
+// and checks where each one lands.
+func TestEveryKey(t *testing.T) {
+	c, err := Parse("every.yaml", []byte(everyKeySrc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ devices:
 		HTTP:  HTTP{Listen: "[::1]:9999"},
 		Store: Store{MaxBytes: 1000 * 1000 * 1000, WhenFull: Reject, TTL: 0},
 		Cloud: Cloud{Protocol: ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
-			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SASTTL: 2 * time.Hour, Identity: IdentityPerDevice,
+			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: IdentityPerDevice,
 			TLS: CloudTLS{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,
 			Pack: Pack{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
 		Commands: Commands{TTL: 10 * time.Second},
@@ -174,6 +176,31 @@ devices:
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)
+	}
+}
+
+// The mqtt-only cloud keys (the azure ones are in everyKeySrc).
+const everyKeyMQTTSrc = `
+gateway: {id: gw-2}
+cloud:
+  protocol: mqtt
+  url: mqtts://broker.example
+  client_id: gw-2-client
+  username: gw-2-user
+  password_file: /etc/outpost/pw
+  pack: {max_bytes: 8KB, max_delay: 500ms}
+`
+
+func TestEveryKeyMQTT(t *testing.T) {
+	c, err := Parse("every.yaml", []byte(everyKeyMQTTSrc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Cloud{Protocol: ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
+		PasswordFile: "/etc/outpost/pw", Pack: Pack{MaxBytes: 8000, MaxDelay: 500 * time.Millisecond},
+		MaxInflight: 64, Keepalive: 30 * time.Second, Identity: IdentityGateway}
+	if c.Cloud != want {
+		t.Errorf("cloud = %+v\nwant    %+v", c.Cloud, want)
 	}
 }
 

@@ -78,6 +78,8 @@ func posOf(n ast.Node) pos {
 		}
 	case *ast.MappingValueNode:
 		return posOf(m.Key)
+	case *ast.SequenceEntryNode:
+		return tokenPos(m.Start)
 	}
 	return tokenPos(n.GetToken())
 }
@@ -529,7 +531,8 @@ func (d *decoder) decodeDuration(path string, n ast.Node, v reflect.Value) {
 			v.SetInt(0)
 			return
 		}
-		d.errorf(posOf(n), path, "%s: duration %s needs a unit, e.g. \"%ss\" or \"%sms\"", path, scalarString(m), scalarString(m), scalarString(m))
+		x := scalarString(m)
+		d.errorf(posOf(n), path, "%s: duration %s needs a unit: %sms, %ss, %sm or %sh", path, x, x, x, x, x)
 		return
 	case *ast.StringNode:
 		t, err := time.ParseDuration(strings.TrimSpace(m.Value))

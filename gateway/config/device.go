@@ -22,7 +22,7 @@ func (dev *Device) decodeNode(d *decoder, path string, n ast.Node) {
 	dev.Priority = msg.Normal
 	m, ok := n.(*ast.MappingNode)
 	if !ok {
-		d.errorf(posOf(n), path, "%s: want a device mapping (id and one of %s), got %s", path, kindList(), describe(n))
+		d.errorf(d.idx.lookup(path, false), path, "%s: want a device mapping (id and one of %s), got %s", path, kindList(), describe(n))
 		return
 	}
 	var kindKey, kindVal ast.Node

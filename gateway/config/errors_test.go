@@ -42,7 +42,7 @@ func TestMistakes(t *testing.T) {
 		{"bad port", ok + "http: {listen: \"localhost:99999\"}\n", `t.yaml:2:16: http.listen: bad port "99999" in "localhost:99999"`},
 		{"same listen", ok + "http: {listen: \"127.0.0.1:1883\"}\n", `t.yaml:2:16: http.listen: same address as the hub's listener`},
 		{"bad duration", ok + "store:\n  ttl: 7 days\n", `t.yaml:3:8: store.ttl: bad duration "7 days" (want a number with a unit: 500ms, 5s, 2m, 168h)`},
-		{"duration without unit", ok + "commands: {ttl: 60}\n", `t.yaml:2:17: commands.ttl: duration 60 needs a unit, e.g. "60s" or "60ms"`},
+		{"duration without unit", ok + "commands: {ttl: 60}\n", `t.yaml:2:17: commands.ttl: duration 60 needs a unit: 60ms, 60s, 60m or 60h`},
 		{"negative ttl", ok + "commands: {ttl: -1h}\n", `t.yaml:2:17: commands.ttl must be positive, got -1h0m0s`},
 		{"bad size unit", ok + "store:\n  max_bytes: 512MiBs\n", `t.yaml:3:14: store.max_bytes: bad size "512MiBs": unknown unit "MiBs" (want B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)`},
 		{"bad size word", ok + "store:\n  max_bytes: lots\n", `t.yaml:3:14: store.max_bytes: bad size "lots": want a number of bytes, optionally with a unit (4096, 4KiB, 512MiB)`},
@@ -60,7 +60,7 @@ func TestMistakes(t *testing.T) {
 		{"azure without auth", ok + "cloud: {protocol: azure-iothub, host: h.example}\n", `t.yaml:2:1: cloud: protocol azure-iothub needs shared_access_key, shared_access_key_file or an X.509 certificate in tls.cert_file/key_file`},
 		{"azure bad key", ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: \"not base64!\"}\n", `t.yaml:2:69: cloud.shared_access_key is not a base64 key`},
 		{"azure bad identity", ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, identity: each}\n", `t.yaml:2:85: cloud.identity: unknown identity "each" (want gateway or per-device)`},
-		{"per-device without key", ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, identity: per-device}\ndevices:\n  - id: d\n    other: {}\n", `t.yaml:4:5: devices[0] needs azure: {shared_access_key: ...} or {shared_access_key_file: ...} with cloud.identity: per-device`},
+		{"per-device without key", ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, identity: per-device}\ndevices:\n  - id: d\n    other: {}\n", `t.yaml:4:5: devices[0] needs azure: {shared_access_key: ...} or {shared_access_key_file: ...} with cloud.identity: per-device (or set cloud.shared_access_key_name to sign with a policy key)`},
 		{"client without password", ok + "hub:\n  clients:\n    - id: leaf\n", `t.yaml:4:7: hub.clients[0].password_hash is required (make one with ` + "`outpost passwd`" + `); no client connects anonymously`},
 		{"client bad hash", ok + "hub:\n  clients:\n    - id: leaf\n      password_hash: \"$2a$10$...\"\n", `t.yaml:5:22: hub.clients[0].password_hash is not a bcrypt hash (make one with ` + "`outpost passwd`" + `)`},
 		{"client bad priority", ok + "hub:\n  clients:\n    - {id: leaf, password_hash: \"" + hash + "\", priority: urgent}\n", `t.yaml:4:107: hub.clients[0].priority: want high, normal or low, got "urgent"`},
@@ -158,5 +158,42 @@ func TestThreeMistakes(t *testing.T) {
 		if e.File != "testdata/three.bad.yaml" || e.Line == 0 || e.Col == 0 {
 			t.Errorf("error without a position: %+v", e)
 		}
+	}
+}
+
+func TestNullValues(t *testing.T) {
+	// A section with nothing in it keeps its defaults.
+	c, err := Parse("t.yaml", []byte("gateway: {id: gw-1}\nhub:\n  # nothing yet\nstore:\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Hub.Listen != DefaultHubListen || c.Store.MaxBytes != DefaultStoreMaxBytes {
+		t.Errorf("null sections lost their defaults: %+v %+v", c.Hub, c.Store)
+	}
+	// An empty scalar is the zero value: "listen:" turns the listener off.
+	c, err = Parse("t.yaml", []byte("gateway: {id: gw-1}\nhttp:\n  listen:\n"))
+	if err != nil || c.HTTP.Listen != "" {
+		t.Fatalf("http.listen = %q, %v", c.HTTP.Listen, err)
+	}
+	// A required key with no value is reported at the key.
+	_, err = Parse("t.yaml", []byte("gateway:\n  data_dir: /x\n  id:\n"))
+	if want := "t.yaml:3:3: gateway.id is required"; err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
+	}
+	_, err = Parse("t.yaml", []byte(ok+"devices:\n  -\n"))
+	if want := "t.yaml:3:3: devices[0]: want a device mapping (id and one of fake, other), got nothing"; err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
+	}
+}
+
+func TestPerDeviceWithPolicyKey(t *testing.T) {
+	src := ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, shared_access_key_name: device, identity: per-device}\n" +
+		"hub: {clients: [{id: l, password_hash: \"" + hash + "\"}]}\ndevices:\n  - {id: d, other: {}}\n"
+	if _, err := Parse("t.yaml", []byte(src)); err != nil {
+		t.Errorf("a policy key should cover every leaf: %v", err)
+	}
+	_, err := Parse("t.yaml", []byte(strings.Replace(src, "shared_access_key: a2V5, ", "tls: {cert_file: c, key_file: k}, ", 1)))
+	if want := "t.yaml:2:108: cloud.shared_access_key_name needs the policy's key in shared_access_key or shared_access_key_file"; err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
 	}
 }

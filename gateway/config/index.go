@@ -29,6 +29,9 @@ func (x *index) build(d *decoder, path string, key ast.Node, n ast.Node, depth i
 	l := loc{key: posOf(n), val: posOf(v)}
 	if key != nil {
 		l.key = posOf(key)
+		if _, null := v.(*ast.NullNode); null {
+			l.val = l.key // "id:" or "-" with nothing after it: point there
+		}
 	}
 	if _, seen := x.m[path]; !seen {
 		x.m[path] = l
@@ -41,7 +44,11 @@ func (x *index) build(d *decoder, path string, key ast.Node, n ast.Node, depth i
 		}
 	case *ast.SequenceNode:
 		for i, item := range v.Values {
-			x.build(d, elem(path, i), nil, item, depth+1)
+			var dash ast.Node
+			if _, null := item.(*ast.NullNode); null && i < len(v.Entries) {
+				dash = v.Entries[i] // "-" with nothing after it: point at the dash
+			}
+			x.build(d, elem(path, i), dash, item, depth+1)
 		}
 	}
 }

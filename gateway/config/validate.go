@@ -235,8 +235,11 @@ func (v *validator) deviceAzure(p string, a *DeviceAzure) {
 	if !perDevice || !v.ok("cloud.protocol") || !v.ok("cloud.identity") {
 		return
 	}
+	if cl.SharedAccessKeyName != "" && a == nil {
+		return // the policy key signs this device's tokens
+	}
 	if a == nil || (a.SharedAccessKey == "" && a.SharedAccessKeyFile == "") {
-		v.errorf(p+".azure", "%s needs azure: {shared_access_key: ...} or {shared_access_key_file: ...} with cloud.identity: per-device", p)
+		v.errorf(p+".azure", "%s needs azure: {shared_access_key: ...} or {shared_access_key_file: ...} with cloud.identity: per-device (or set cloud.shared_access_key_name to sign with a policy key)", p)
 		return
 	}
 	if a.SharedAccessKey != "" && a.SharedAccessKeyFile != "" {

@@ -11,7 +11,7 @@ import (
 // mqttOnly and azureOnly are the cloud keys that belong to one protocol.
 var (
 	mqttOnly  = []string{"client_id", "username", "password_file"}
-	azureOnly = []string{"host", "device_id", "shared_access_key", "shared_access_key_file", "sas_ttl", "identity"}
+	azureOnly = []string{"host", "device_id", "shared_access_key", "shared_access_key_file", "shared_access_key_name", "sas_ttl", "identity"}
 )
 
 func (v *validator) cloud() {
@@ -139,6 +139,9 @@ func (v *validator) cloudAzure() {
 	case 1:
 	default:
 		v.errorf("cloud."+auth[1], "cloud: use one of shared_access_key, shared_access_key_file or tls.cert_file, not %s", strings.Join(auth, " and "))
+	}
+	if c.SharedAccessKeyName != "" && c.SharedAccessKey == "" && c.SharedAccessKeyFile == "" {
+		v.errorf("cloud.shared_access_key_name", "cloud.shared_access_key_name needs the policy's key in shared_access_key or shared_access_key_file")
 	}
 	if c.SASTTL != 0 && c.SASTTL < time.Minute {
 		v.errorf("cloud.sas_ttl", "cloud.sas_ttl must be at least 1m, got %v", c.SASTTL)
