@@ -1,0 +1,309 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// classState is the in-memory lease state of one priority class, guarded by
+// q.mu. Every record of the class with seq < cursor is leased, released,
+// awaiting deletion, or gone; so Lease never iterates over deleted keys.
+type classState struct {
+	cursor   uint64
+	released []ref // sorted by seq; handed out before the cursor
+}
+
+func (cs *classState) insertReleased(r ref) {
+	i, found := slices.BinarySearchFunc(cs.released, r.seq, func(a ref, s uint64) int {
+		switch {
+		case a.seq < s:
+			return -1
+		case a.seq > s:
+			return 1
+		}
+		return 0
+	})
+	if !found {
+		cs.released = slices.Insert(cs.released, i, r)
+	}
+}
+
+// signalLocked wakes Lease callers waiting for records. q.mu must be held.
+func (q *Queue) signalLocked() {
+	close(q.avail)
+	q.avail = make(chan struct{})
+}
+
+// Append durably stores recs, all or nothing, and returns after they are
+// synced: nil is the acknowledgement to the producer. It assigns Seq, ID
+// (when empty: <instance>-<seq>, unique to this store) and Enqueued in
+// place; recs must not be touched until Append returns. Concurrent callers
+// share one transaction and one sync (group commit).
+//
+// Errors: ErrFull (not stored; retry later), ErrTooLarge and invalid records
+// (final), ErrClosed (final), ctx.Err() (ctx was done before the batch
+// synced: the records may or may not be stored, and the writer may still be
+// assigning their fields; do not reuse them), or a wrapped Badger error.
+func (q *Queue) Append(ctx context.Context, recs ...*msg.Record) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ch := make(chan error, 1)
+	q.Submit(recs, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Submit is Append without waiting: done is called exactly once, after the
+// records are synced (nil) or have failed (see Append for the errors). done
+// calls happen in submission order (for all producers together), on the
+// writer goroutine, so done must not block; when Submit fails at once
+// (closed queue, invalid records) done runs before Submit returns. recs are
+// owned by the store until done is called.
+func (q *Queue) Submit(recs []*msg.Record, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	if len(recs) == 0 {
+		done(nil)
+		return
+	}
+	for _, r := range recs {
+		if r == nil || r.Priority >= msg.NumPriorities {
+			done(fmt.Errorf("store: append: invalid record (nil or priority out of range)"))
+			return
+		}
+	}
+	est, n := estimate(recs)
+	if est >= q.db.MaxBatchSize()/2 || n >= q.db.MaxBatchCount()/2 {
+		done(fmt.Errorf("%w: %d records, ~%d bytes (limit ~%d)", ErrTooLarge, len(recs), est, q.db.MaxBatchSize()/2))
+		return
+	}
+	if err := q.enqueue(&op{kind: opAppend, recs: recs, done: done, est: est, n: n}); err != nil {
+		done(err)
+	}
+}
+
+// Lease returns up to n (at least 1, at most 4096) of the oldest records not leased:
+// every High record before any Normal, Normal before Low, FIFO by Seq inside
+// a class. It blocks until at least one is available, ctx is done
+// (ctx.Err()) or the queue is closed (ErrClosed). Expired records met on the
+// way are removed (counted in Expired), never returned. The records are the
+// caller's. A leased record is not handed out again until Released; leases
+// live in memory, so after a restart everything not acked is leased again.
+func (q *Queue) Lease(ctx context.Context, n int) ([]*msg.Record, error) {
+	if q.readOnly {
+		return nil, ErrReadOnly
+	}
+	n = min(max(n, 1), 4096)
+	for {
+		q.mu.Lock()
+		if q.closed.Load() {
+			q.mu.Unlock()
+			return nil, ErrClosed
+		}
+		recs, drops, err := q.leaseLocked(n, q.opt.Now())
+		avail := q.avail
+		q.mu.Unlock()
+		if len(drops) > 0 {
+			q.enqueue(&op{kind: opDrop, refs: drops, n: int64(len(drops)), est: int64(len(drops)) * 26})
+		}
+		if err != nil || len(recs) > 0 {
+			return recs, err
+		}
+		if len(drops) > 0 {
+			continue // stopped at the drop limit: there may be more
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-q.closing:
+			return nil, ErrClosed
+		case <-avail:
+		}
+	}
+}
+
+// leaseLocked collects up to max records; q.mu must be held. Records that
+// turn out expired are returned as drops (already in pendingDel).
+func (q *Queue) leaseLocked(max int, now time.Time) (out []*msg.Record, drops []ref, err error) {
+	expired := func(r *msg.Record) bool { return q.opt.TTL > 0 && now.Sub(r.Enqueued) > q.opt.TTL }
+	dropLimit := int(q.db.MaxBatchCount() / 4)
+	more := func() bool { return len(out) < max && len(drops) < dropLimit }
+	err = q.db.View(func(txn *badger.Txn) error {
+		for c := msg.Priority(0); c < msg.NumPriorities && more(); c++ {
+			cs := &q.cls[c]
+			for len(cs.released) > 0 && more() {
+				r := cs.released[0]
+				item, err := txn.Get(outboxKey(c, r.seq))
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					cs.released = cs.released[1:]
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				rec, err := itemRecord(item, r.seq)
+				if err != nil {
+					return err
+				}
+				cs.released = cs.released[1:]
+				if expired(rec) {
+					q.pendingDel[r.seq] = c
+					drops = append(drops, r)
+					continue
+				}
+				q.leased[r.seq] = r
+				out = append(out, rec)
+			}
+			if !more() {
+				break
+			}
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
+			for it.Seek(outboxKey(c, cs.cursor)); it.Valid() && more(); it.Next() {
+				_, seq, ok := parseOutboxKey(it.Item().Key())
+				if !ok {
+					continue
+				}
+				if _, ok := q.leased[seq]; ok {
+					cs.cursor = seq + 1
+					continue
+				}
+				if _, ok := q.pendingDel[seq]; ok {
+					cs.cursor = seq + 1
+					continue
+				}
+				rec, err := itemRecord(it.Item(), seq)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				cs.cursor = seq + 1
+				r := ref{seq, c, rec.Size()}
+				if expired(rec) {
+					q.pendingDel[seq] = c
+					drops = append(drops, r)
+					continue
+				}
+				q.leased[seq] = r
+				out = append(out, rec)
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		err = fmt.Errorf("store: lease: %w", err)
+	}
+	return out, drops, err
+}
+
+func itemRecord(item *badger.Item, seq uint64) (*msg.Record, error) {
+	var rec *msg.Record
+	err := item.Value(func(v []byte) error {
+		var err error
+		rec, err = decodeRecord(v, seq)
+		return err
+	})
+	return rec, err
+}
+
+// Ack deletes leased records for good (upstream PUBACK). It returns once the
+// deletion is queued; it becomes durable with the next group commit, and a
+// crash before that only means the records are delivered again. Seqs that
+// are not leased are skipped and reported with ErrNotLeased (the others are
+// still acked).
+func (q *Queue) Ack(seqs ...uint64) error {
+	refs, missing := q.unlease(seqs, true)
+	if len(refs) > 0 {
+		if err := q.enqueue(&op{kind: opAck, refs: refs, n: int64(len(refs)), est: int64(len(refs)) * 26}); err != nil {
+			return err
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("store: ack %v: %w", missing, ErrNotLeased)
+	}
+	return nil
+}
+
+// unlease removes seqs from the leased set; with forDelete they are parked
+// in pendingDel until their deletion commits.
+func (q *Queue) unlease(seqs []uint64, forDelete bool) (refs []ref, missing []uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range seqs {
+		r, ok := q.leased[s]
+		if !ok {
+			missing = append(missing, s)
+			continue
+		}
+		delete(q.leased, s)
+		if forDelete {
+			q.pendingDel[s] = r.class
+		}
+		refs = append(refs, r)
+	}
+	return refs, missing
+}
+
+// Release puts leased records back at the front of the queue, in their
+// original place, to be leased again. Seqs not leased are reported with
+// ErrNotLeased (the others are still released).
+func (q *Queue) Release(seqs ...uint64) error {
+	q.mu.Lock()
+	var missing []uint64
+	for _, s := range seqs {
+		r, ok := q.leased[s]
+		if !ok {
+			missing = append(missing, s)
+			continue
+		}
+		delete(q.leased, s)
+		q.cls[r.class].insertReleased(r)
+	}
+	if len(missing) < len(seqs) {
+		q.signalLocked()
+	}
+	q.mu.Unlock()
+	if len(missing) > 0 {
+		return fmt.Errorf("store: release %v: %w", missing, ErrNotLeased)
+	}
+	return nil
+}
+
+// Reject moves a leased record to the dead letters with reason, durably
+// (it waits for the sync). The record is never leased again; `outpost
+// queue dead` and Dead list it. On failure the record is released.
+func (q *Queue) Reject(seq uint64, reason string) error {
+	refs, missing := q.unlease([]uint64{seq}, true)
+	if len(missing) > 0 {
+		return fmt.Errorf("store: reject %d: %w", seq, ErrNotLeased)
+	}
+	ch := make(chan error, 1)
+	o := &op{kind: opReject, refs: refs, reason: reason, n: 3, est: int64(refs[0].size) + 256,
+		done: func(err error) { ch <- err }}
+	err := q.enqueue(o)
+	if err == nil {
+		err = <-ch
+	}
+	if err != nil {
+		q.mu.Lock()
+		delete(q.pendingDel, seq)
+		q.cls[refs[0].class].insertReleased(refs[0])
+		q.signalLocked()
+		q.mu.Unlock()
+		return fmt.Errorf("store: reject %d: %w", seq, err)
+	}
+	return nil
+}

@@ -1,0 +1,472 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// FullPolicy says what Append does when the store is at MaxBytes.
+type FullPolicy int
+
+const (
+	// DropOldest (the default) evicts the oldest records that are not leased,
+	// Low class first, to make room; every eviction is counted in Dropped and
+	// in the pending gap report.
+	DropOldest FullPolicy = iota
+	// Reject fails the append with ErrFull; nothing stored is touched.
+	Reject
+)
+
+func (p FullPolicy) String() string {
+	if p == Reject {
+		return "reject"
+	}
+	return "drop-oldest"
+}
+
+// ParseFullPolicy reads "drop-oldest" (or "") and "reject", the values of
+// the store.when_full config key.
+func ParseFullPolicy(s string) (FullPolicy, error) {
+	switch s {
+	case "", "drop-oldest":
+		return DropOldest, nil
+	case "reject":
+		return Reject, nil
+	}
+	return DropOldest, fmt.Errorf("store: unknown when_full %q (want drop-oldest or reject)", s)
+}
+
+var (
+	// ErrFull is returned by Append when the records do not fit: the store is
+	// at MaxBytes under the Reject policy, nothing evictable is left under
+	// DropOldest, or the disk is nearly full. The producer must not be
+	// acknowledged; retrying later may succeed.
+	ErrFull = errors.New("store: queue full")
+	// ErrClosed is returned by every method after Close. Final.
+	ErrClosed = errors.New("store: closed")
+	// ErrNotLeased is returned by Ack, Release and Reject for a sequence
+	// number that is not currently leased (never leased, already acked or
+	// released, or leased before a restart).
+	ErrNotLeased = errors.New("store: not leased")
+	// ErrTooLarge is returned by Append for one call whose records cannot fit
+	// one transaction (see Options.MemTableSize). Final for those records.
+	ErrTooLarge = errors.New("store: append too large")
+	// ErrReadOnly is returned by writing methods of a store opened with
+	// OpenReadOnly.
+	ErrReadOnly = errors.New("store: read-only")
+)
+
+// Options configure a Queue. The zero value is a usable low-memory profile.
+type Options struct {
+	MaxBytes int64         // 0 = unlimited; counts msg.Record.Size() of outbox records
+	WhenFull FullPolicy    // what Append does at MaxBytes
+	TTL      time.Duration // 0 = keep forever; older records are expired, counted, never leased
+	Logger   *slog.Logger  // nil = discard
+
+	// MinFreeDisk is the free space (bytes) below which Append fails with
+	// ErrFull whatever the policy, so that Badger never writes into a full
+	// file system (its files are memory-mapped: a write there is a SIGBUS,
+	// not an error). 0 = 4 × MemTableSize + 2 × ValueLogFileSize; < 0 = off.
+	MinFreeDisk int64
+	// CommandRetention is how long finished inbox commands are kept for
+	// de-duplication and inspection. 0 = 24h.
+	CommandRetention time.Duration
+	// MaxDead bounds the dead letters; the oldest beyond it are deleted
+	// (counted in Stats.DeadDropped). 0 = 10,000.
+	MaxDead int
+
+	// Badger knobs (0 = the low-memory default in parentheses).
+	MemTableSize     int64         // (8 MiB) also bounds one Append: ~7% of it
+	ValueLogFileSize int64         // (16 MiB) small enough to mmap on 32-bit ARM
+	ValueThreshold   int64         // (32 KiB) larger payloads go to the value log
+	BlockCacheSize   int64         // (0: none; blocks are read uncompressed from the mmap)
+	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
+	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
+
+	// Now is the clock for enqueue times, TTL and retention (nil =
+	// time.Now); tests move it.
+	Now func() time.Time
+
+	// SyncEach disables group commit: every Append gets its own transaction
+	// and sync, serialised. Only for the fsync-per-append benchmark baseline.
+	SyncEach bool
+}
+
+func (o *Options) fill() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MemTableSize <= 0 {
+		o.MemTableSize = 8 << 20
+	}
+	if o.ValueLogFileSize <= 0 {
+		o.ValueLogFileSize = 16 << 20
+	}
+	if o.ValueThreshold <= 0 {
+		o.ValueThreshold = 32 << 10
+	}
+	if o.MinFreeDisk == 0 {
+		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize
+	}
+	if o.CommandRetention <= 0 {
+		o.CommandRetention = 24 * time.Hour
+	}
+	if o.MaxDead <= 0 {
+		o.MaxDead = 10000
+	}
+	if o.GCInterval <= 0 {
+		o.GCInterval = 5 * time.Minute
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = min(max(o.TTL/10, time.Second), time.Minute)
+	}
+}
+
+func (o *Options) badger(dir string, readOnly bool) badger.Options {
+	bo := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{o.Logger.With("part", "badger")}).
+		WithSyncWrites(true).
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false).
+		WithNumGoroutines(1).
+		WithMemTableSize(o.MemTableSize).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
+		WithBaseLevelSize(8 << 20).
+		WithNumCompactors(2).
+		WithValueLogFileSize(o.ValueLogFileSize).
+		WithValueThreshold(o.ValueThreshold).
+		WithCompression(options.None).
+		WithBlockCacheSize(o.BlockCacheSize).
+		WithIndexCacheSize(0).
+		WithChecksumVerificationMode(options.OnBlockRead).
+		WithReadOnly(readOnly)
+	if o.BlockCacheSize > 0 {
+		bo = bo.WithCompression(options.Snappy)
+	}
+	return bo
+}
+
+// Queue is the durable store. All methods are safe for concurrent use.
+type Queue struct {
+	opt         Options
+	log         *slog.Logger
+	dir         string // dataDir/queue
+	db          *badger.DB
+	readOnly    bool
+	quarantined string
+
+	// writer side (see writer.go)
+	wmu      sync.Mutex
+	ops      []*op
+	wake     chan struct{} // cap 1
+	closing  chan struct{} // closed by Close
+	closed   atomic.Bool
+	bg       sync.WaitGroup
+	closeErr error
+	once     sync.Once
+	m        meta // owned by the writer goroutine
+	eachMu   sync.Mutex
+
+	// lease side, guarded by mu (see lease.go)
+	mu         sync.Mutex
+	cls        [msg.NumPriorities]classState
+	leased     map[uint64]ref
+	pendingDel map[uint64]msg.Priority
+	avail      chan struct{} // closed and replaced when records may be leasable
+	pub        meta          // last committed meta
+
+	met *metrics
+}
+
+// Quarantined returns the directory a corrupt store was moved to by Open,
+// or "".
+func (q *Queue) Quarantined() string { return q.quarantined }
+
+// Open opens (creating) the store under dataDir/queue. A store Badger cannot
+// open because its files are damaged is renamed to
+// dataDir/quarantine-<UTC timestamp> and a fresh one is opened: Open logs it
+// at error level and Quarantined reports it, so the gateway keeps running.
+// Errors that are not damage (another process holds the store, permissions,
+// no space) are returned and nothing is moved.
+func Open(dataDir string, opt Options) (*Queue, error) {
+	opt.fill()
+	if dataDir == "" {
+		return nil, errors.New("store: empty data dir")
+	}
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	dir := filepath.Join(dataDir, "queue")
+	q, err := open(dir, opt, false)
+	if err == nil || !isDamage(err) {
+		return q, err
+	}
+	qdir, qerr := quarantine(dataDir, dir)
+	if qerr != nil {
+		return nil, fmt.Errorf("store: %v; quarantine failed: %w", err, qerr)
+	}
+	opt.Logger.Error("store: damaged store moved aside; starting with an empty queue",
+		"error", err, "quarantine", qdir)
+	q, err = open(dir, opt, false)
+	if err != nil {
+		return nil, err
+	}
+	q.quarantined = qdir
+	q.met.quarantined.Set(1)
+	return q, nil
+}
+
+// OpenReadOnly opens the store under dataDir/queue for inspection (`outpost
+// queue`), without writing anything. It fails while a gateway holds the
+// store. Writing methods return ErrReadOnly; Lease returns ErrReadOnly.
+func OpenReadOnly(dataDir string) (*Queue, error) {
+	opt := Options{}
+	opt.fill()
+	dir := filepath.Join(dataDir, "queue")
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return open(dir, opt, true)
+}
+
+func quarantine(dataDir, dir string) (string, error) {
+	base := filepath.Join(dataDir, "quarantine-"+time.Now().UTC().Format("20060102T150405Z"))
+	qdir := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(qdir); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		qdir = fmt.Sprintf("%s-%d", base, i)
+	}
+	return qdir, os.Rename(dir, qdir)
+}
+
+// errDamaged marks open failures that mean the files are damaged.
+var errDamaged = errors.New("store: damaged")
+
+// isDamage tells damage (quarantine) from environmental failures (return).
+func isDamage(err error) bool {
+	switch {
+	case errors.Is(err, errDamaged):
+		return true
+	case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.EWOULDBLOCK),
+		errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS),
+		errors.Is(err, syscall.EIO), errors.Is(err, syscall.ENOMEM):
+		return false
+	}
+	// Badger reports most damage as plain errors (checksum mismatch,
+	// bad manifest, truncated table); anything else from Open is damage.
+	return true
+}
+
+func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
+	db, err := openBadger(opt.badger(dir, readOnly))
+	if err != nil {
+		return nil, err
+	}
+	q = &Queue{
+		opt:        opt,
+		log:        opt.Logger,
+		dir:        dir,
+		db:         db,
+		readOnly:   readOnly,
+		wake:       make(chan struct{}, 1),
+		closing:    make(chan struct{}),
+		leased:     make(map[uint64]ref),
+		pendingDel: make(map[uint64]msg.Priority),
+		avail:      make(chan struct{}),
+	}
+	q.met = newMetrics()
+	if err := q.loadMeta(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	for c := range q.cls {
+		q.cls[c].cursor = q.m.Classes[c].Head
+	}
+	q.pub = q.m
+	if !readOnly {
+		q.bg.Add(2)
+		go q.writeLoop()
+		go q.gcLoop()
+	}
+	return q, nil
+}
+
+// openBadger opens Badger, turning a panic on damaged files into an error.
+func openBadger(bo badger.Options) (db *badger.DB, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: badger open panicked: %v", errDamaged, p)
+		}
+	}()
+	db, err = badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", bo.Dir, err)
+	}
+	return db, nil
+}
+
+// meta is the durable bookkeeping, one JSON value under metaKey.
+type meta struct {
+	Version  int    `json:"v"`
+	Instance string `json:"instance"` // random; prefix of generated ids
+	NextSeq  uint64 `json:"next_seq"`
+
+	Classes [msg.NumPriorities]classMeta `json:"classes"`
+
+	Appends     uint64 `json:"appends"`
+	Acks        uint64 `json:"acks"`
+	Dropped     uint64 `json:"dropped"`
+	Expired     uint64 `json:"expired"`
+	Dead        uint64 `json:"dead"`
+	DeadDepth   uint64 `json:"dead_depth"`
+	DeadDropped uint64 `json:"dead_dropped"`
+	DeadHead    uint64 `json:"dead_head"`
+
+	Gap    Gap    `json:"gap"`     // accumulating
+	GapOut Gap    `json:"gap_out"` // taken, waiting for AckGap
+	GapGen uint64 `json:"gap_gen"`
+
+	CmdSeq uint64 `json:"cmd_seq"`
+}
+
+type classMeta struct {
+	Depth uint64 `json:"depth"`
+	Bytes int64  `json:"bytes"`
+	Head  uint64 `json:"head"` // no live record below this seq
+}
+
+func (m *meta) bytes() int64 {
+	var n int64
+	for _, c := range m.Classes {
+		n += c.Bytes
+	}
+	return n
+}
+
+func (m *meta) depth() uint64 {
+	var n uint64
+	for _, c := range m.Classes {
+		n += c.Depth
+	}
+	return n
+}
+
+func (q *Queue) loadMeta() error {
+	var raw []byte
+	err := q.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(metaKey)
+		if err != nil {
+			return err
+		}
+		raw, err = it.ValueCopy(nil)
+		return err
+	})
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+		empty, err := q.isEmpty()
+		if err != nil {
+			return fmt.Errorf("%w: %v", errDamaged, err)
+		}
+		if !empty {
+			return fmt.Errorf("%w: records without meta", errDamaged)
+		}
+		var b [6]byte
+		rand.Read(b[:])
+		q.m = meta{Version: 1, Instance: hex.EncodeToString(b[:]), NextSeq: 1, GapGen: 1}
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: read meta: %v", errDamaged, err)
+	}
+	if err := json.Unmarshal(raw, &q.m); err != nil || q.m.Version != 1 || q.m.NextSeq == 0 {
+		return fmt.Errorf("%w: meta %q: %v", errDamaged, raw, err)
+	}
+	return nil
+}
+
+func (q *Queue) isEmpty() (bool, error) {
+	empty := true
+	err := q.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		it.Rewind()
+		empty = !it.Valid()
+		return nil
+	})
+	return empty, err
+}
+
+// Close stops the background goroutines, commits what was already queued
+// (pending Submits and Acks) and closes Badger. Safe to call twice; Lease
+// calls blocked in other goroutines return ErrClosed.
+func (q *Queue) Close() error {
+	q.once.Do(func() {
+		q.wmu.Lock()
+		q.closed.Store(true)
+		close(q.closing)
+		q.wmu.Unlock()
+		q.bg.Wait()
+		q.closeErr = q.db.Close()
+	})
+	return q.closeErr
+}
+
+// gcLoop runs value-log GC and the inbox retention sweep every GCInterval.
+func (q *Queue) gcLoop() {
+	defer q.bg.Done()
+	t := time.NewTicker(q.opt.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.closing:
+			return
+		case <-t.C:
+		}
+		for q.db.RunValueLogGC(0.5) == nil {
+			if q.closed.Load() {
+				return
+			}
+		}
+		if err := q.sweepCommands(context.Background(), q.opt.Now()); err != nil && !errors.Is(err, ErrClosed) {
+			q.log.Warn("store: command retention sweep failed", "error", err)
+		}
+	}
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(trimNL(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(trimNL(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(trimNL(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Debugf(string, ...any)       {}
+
+func trimNL(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '\n' {
+		s = s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,410 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"syscall"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// The writer goroutine owns q.m and is the only one to write to Badger. Every
+// mutation is an op queued in q.ops; the writer takes all queued ops (up to a
+// transaction's size), applies them to one Badger transaction, commits it
+// with one sync, then calls the ops' done functions in order. While a batch
+// is syncing the next one gathers: that is the group commit.
+
+type opKind uint8
+
+const (
+	opAppend opKind = iota // recs
+	opAck                  // refs: delete, count Acks
+	opDrop                 // refs: delete, count Expired (TTL), add to the gap
+	opReject               // refs[0]: move to dead letters with reason
+	opFunc                 // fn: inbox and gap bookkeeping
+)
+
+// ref names one outbox record and its budget share.
+type ref struct {
+	seq   uint64
+	class msg.Priority
+	size  int
+}
+
+type op struct {
+	kind   opKind
+	recs   []*msg.Record
+	refs   []ref
+	reason string
+	fn     func(b *batch) error // returns an error only before its first write
+	done   func(error)
+	err    error // the op's own outcome (nothing of it was written)
+	est    int64 // estimated transaction bytes
+	n      int64 // estimated transaction entries
+}
+
+// batch is one transaction being built.
+type batch struct {
+	txn      *badger.Txn
+	now      time.Time
+	size, n  int64 // estimated use of the transaction
+	evicted  []ref // records evicted by DropOldest (for rollback)
+	appended bool
+	firstSeq uint64 // q.m.NextSeq when the batch started
+}
+
+// errBatch wraps errors that fail the whole batch (its transaction is
+// half-written).
+type errBatch struct{ err error }
+
+func (e errBatch) Error() string { return e.err.Error() }
+func (e errBatch) Unwrap() error { return e.err }
+
+func (b *batch) set(k, v []byte) error {
+	b.size += int64(len(k) + len(v) + 16)
+	b.n++
+	if err := b.txn.Set(k, v); err != nil {
+		return errBatch{err}
+	}
+	return nil
+}
+
+func (b *batch) del(k []byte) error {
+	b.size += int64(len(k) + 16)
+	b.n++
+	if err := b.txn.Delete(k); err != nil {
+		return errBatch{err}
+	}
+	return nil
+}
+
+// room reports whether n more entries of size bytes fit the transaction.
+func (q *Queue) room(b *batch, n, size int64) bool {
+	return b.n+n < q.db.MaxBatchCount()*3/4 && b.size+size < q.db.MaxBatchSize()*3/4
+}
+
+func estimate(recs []*msg.Record) (size, n int64) {
+	for _, r := range recs {
+		size += int64(r.Size()+len(r.Props)*4+48) + 10 + 16
+	}
+	return size, int64(len(recs))
+}
+
+// enqueue hands o to the writer, or fails with ErrClosed.
+func (q *Queue) enqueue(o *op) error {
+	if q.readOnly {
+		return ErrReadOnly
+	}
+	q.wmu.Lock()
+	if q.closed.Load() {
+		q.wmu.Unlock()
+		return ErrClosed
+	}
+	q.ops = append(q.ops, o)
+	q.wmu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// takeBatch removes from q.ops as many ops as fit half a transaction (the
+// rest is left for evictions and bookkeeping), and at least one.
+func (q *Queue) takeBatch() []*op {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	if len(q.ops) == 0 {
+		return nil
+	}
+	maxN, maxSize := q.db.MaxBatchCount()/2, q.db.MaxBatchSize()/2
+	var n, size int64
+	i := 0
+	for i < len(q.ops) {
+		o := q.ops[i]
+		if i > 0 && (n+o.n > maxN || size+o.est > maxSize || q.opt.SyncEach) {
+			break
+		}
+		n += o.n
+		size += o.est
+		i++
+	}
+	ops := make([]*op, i)
+	copy(ops, q.ops)
+	q.ops = q.ops[:copy(q.ops, q.ops[i:])]
+	return ops
+}
+
+func (q *Queue) writeLoop() {
+	defer q.bg.Done()
+	var sweep <-chan time.Time
+	if q.opt.TTL > 0 {
+		t := time.NewTicker(q.opt.SweepInterval)
+		defer t.Stop()
+		sweep = t.C
+	}
+	failures := 0
+	for {
+		sweepAgain := false
+		select {
+		case <-q.wake:
+		case <-sweep:
+			sweepAgain = true
+		case <-q.closing:
+		}
+		for {
+			if sweepAgain && !q.closed.Load() {
+				sweepAgain = q.sweepExpired(q.opt.Now())
+			}
+			ops := q.takeBatch()
+			if len(ops) == 0 {
+				break
+			}
+			if q.commit(ops) == nil {
+				failures = 0
+				continue
+			}
+			sweepAgain = false
+			failures++
+			wait := min(50*time.Millisecond<<min(failures, 7), 5*time.Second)
+			select {
+			case <-q.closing:
+			case <-time.After(wait):
+			}
+		}
+		if q.closed.Load() {
+			q.wmu.Lock()
+			n := len(q.ops)
+			q.wmu.Unlock()
+			if n == 0 {
+				return
+			}
+		}
+	}
+}
+
+// commit applies ops in one transaction and reports the batch's fate to
+// every op. It returns the batch error, if any.
+func (q *Queue) commit(ops []*op) error {
+	saved := q.m
+	b := &batch{txn: q.db.NewTransaction(true), now: q.opt.Now(), firstSeq: q.m.NextSeq}
+	defer b.txn.Discard()
+	diskErr := q.diskLow()
+	var err error
+	for _, o := range ops {
+		switch o.kind {
+		case opAppend:
+			if diskErr != nil {
+				o.err = diskErr
+				continue
+			}
+			err = q.applyAppend(b, o)
+		case opAck, opDrop:
+			err = q.applyDelete(b, o)
+		case opReject:
+			err = q.applyReject(b, o)
+		case opFunc:
+			err = o.fn(b)
+			var be errBatch
+			if err != nil && !errors.As(err, &be) {
+				o.err, err = err, nil
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = q.putMeta(b)
+	}
+	start := time.Now()
+	if err == nil {
+		err = b.txn.Commit()
+		q.met.commitSeconds.Observe(time.Since(start).Seconds())
+		q.met.batchOps.Observe(float64(len(ops)))
+	}
+	if err != nil {
+		err = fmt.Errorf("store: commit: %w", err)
+		q.m = saved
+	}
+	q.finish(ops, b, err, saved)
+	return err
+}
+
+// finish publishes a committed batch (or rolls back a failed one) and calls
+// the done functions in submission order.
+func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
+	var retry []*op
+	q.mu.Lock()
+	if err == nil {
+		q.pub = q.m
+		for _, o := range ops {
+			if o.kind == opAck || o.kind == opDrop || o.kind == opReject {
+				for _, r := range o.refs {
+					delete(q.pendingDel, r.seq)
+				}
+			}
+		}
+		if b.appended {
+			q.signalLocked()
+		}
+	} else {
+		// Seqs from saved.NextSeq on will be assigned again.
+		for c := range q.cls {
+			q.cls[c].cursor = min(q.cls[c].cursor, saved.NextSeq)
+		}
+		for _, r := range b.evicted {
+			if r.seq < saved.NextSeq {
+				q.cls[r.class].insertReleased(r)
+			}
+		}
+		for _, o := range ops {
+			if (o.kind == opAck || o.kind == opDrop) && !q.closed.Load() {
+				retry = append(retry, o) // still in pendingDel
+			}
+		}
+		if len(b.evicted) > 0 {
+			q.signalLocked()
+		}
+	}
+	q.mu.Unlock()
+	if len(retry) > 0 {
+		q.log.Warn("store: commit failed; will retry deletions", "error", err, "ops", len(retry))
+		q.wmu.Lock()
+		q.ops = append(retry, q.ops...)
+		q.wmu.Unlock()
+	}
+	for _, o := range ops {
+		if o.done != nil {
+			e := o.err
+			if e == nil {
+				e = err
+			}
+			o.done(e)
+		}
+	}
+}
+
+func (q *Queue) applyAppend(b *batch, o *op) error {
+	// Generated ids count toward the budget, so assign them first (they
+	// depend only on the seq, which eviction does not change).
+	var size int64
+	var generated []int
+	for i, r := range o.recs {
+		if r.ID == "" {
+			r.ID = q.m.Instance + "-" + strconv.FormatUint(q.m.NextSeq+uint64(i), 10)
+			generated = append(generated, i)
+		}
+		size += int64(r.Size())
+	}
+	fail := func(err error) error {
+		for _, i := range generated {
+			o.recs[i].ID = ""
+		}
+		o.err = err
+		return nil
+	}
+	if limit := q.opt.MaxBytes; limit > 0 && q.m.bytes()+size > limit {
+		if q.opt.WhenFull == Reject || size > limit {
+			return fail(fmt.Errorf("%w (%d of %d bytes used, %d more asked)", ErrFull, q.m.bytes(), limit, size))
+		}
+		ok, err := q.evict(b, q.m.bytes()+size-limit)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fail(fmt.Errorf("%w: nothing left to evict (%d of %d bytes used, %d more asked)",
+				ErrFull, q.m.bytes(), limit, size))
+		}
+	}
+	for _, r := range o.recs {
+		r.Seq = q.m.NextSeq
+		q.m.NextSeq++
+		r.Enqueued = b.now
+		if err := b.set(outboxKey(r.Priority, r.Seq), encodeRecord(nil, r)); err != nil {
+			return err
+		}
+		c := &q.m.Classes[r.Priority]
+		c.Depth++
+		c.Bytes += int64(r.Size())
+	}
+	q.m.Appends += uint64(len(o.recs))
+	b.appended = true
+	return nil
+}
+
+func (q *Queue) applyDelete(b *batch, o *op) error {
+	for _, r := range o.refs {
+		if err := b.del(outboxKey(r.class, r.seq)); err != nil {
+			return err
+		}
+		q.m.uncount(r)
+		if o.kind == opAck {
+			q.m.Acks++
+		} else {
+			q.m.Expired++
+			q.m.Gap.add(r.seq, false)
+		}
+	}
+	return nil
+}
+
+// uncount removes r from the depth and byte counters.
+func (m *meta) uncount(r ref) {
+	c := &m.Classes[r.class]
+	if c.Depth > 0 {
+		c.Depth--
+	}
+	c.Bytes = max(c.Bytes-int64(r.size), 0)
+}
+
+// putMeta writes q.m with fresh per-class heads: the lowest seq that may
+// still be live (leased, released, awaiting deletion, or at the cursor).
+func (q *Queue) putMeta(b *batch) error {
+	q.mu.Lock()
+	var heads [msg.NumPriorities]uint64
+	for c := range q.cls {
+		heads[c] = q.cls[c].cursor
+		if rs := q.cls[c].released; len(rs) > 0 {
+			heads[c] = min(heads[c], rs[0].seq)
+		}
+	}
+	for seq, l := range q.leased {
+		heads[l.class] = min(heads[l.class], seq)
+	}
+	for seq, c := range q.pendingDel {
+		heads[c] = min(heads[c], seq)
+	}
+	q.mu.Unlock()
+	for c := range heads {
+		q.m.Classes[c].Head = heads[c]
+	}
+	v, err := json.Marshal(&q.m)
+	if err != nil {
+		return errBatch{err}
+	}
+	return b.set(metaKey, v)
+}
+
+// diskLow returns ErrFull when the file system holding the store has less
+// than MinFreeDisk free.
+func (q *Queue) diskLow() error {
+	if q.opt.MinFreeDisk < 0 {
+		return nil
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(q.dir, &st); err != nil {
+		return nil // cannot tell; let Badger report real errors
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free < q.opt.MinFreeDisk {
+		q.met.diskLow.Inc()
+		return fmt.Errorf("%w: disk nearly full (%d bytes free, %d reserved)", ErrFull, free, q.opt.MinFreeDisk)
+	}
+	return nil
+}
