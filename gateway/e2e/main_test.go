@@ -1,0 +1,176 @@
+// Package e2e tests the built outpost binary as a child process against real
+// peers: Mosquitto as the upstream, mosquitto_pub/sub as leaves and cloud.
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/outpost-iot/outpost/gateway/peertest"
+)
+
+var bin string // the outpost binary under test
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "outpost-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// OUTPOST_BIN tests a binary built elsewhere (a release build, a soak run).
+	if bin = os.Getenv("OUTPOST_BIN"); bin == "" {
+		bin = filepath.Join(dir, "outpost")
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/outpost-iot/outpost/cmd/outpost").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build outpost: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// leaf is a configured MQTT leaf device.
+type leaf struct{ id, password string }
+
+// gw is one outpost daemon under test.
+type gw struct {
+	t       *testing.T
+	dir     string
+	cfgPath string
+	hub     string // host:port
+	http    string
+	proc    *peertest.Proc
+}
+
+// newGateway writes a config for leaves and an upstream at cloudAddr.
+func newGateway(t *testing.T, cloudAddr string, leaves ...leaf) *gw {
+	t.Helper()
+	g := &gw{t: t, dir: t.TempDir()}
+	g.hub = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
+	g.http = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
+	var clients strings.Builder
+	for _, l := range leaves {
+		h, err := bcrypt.GenerateFromPassword([]byte(l.password), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&clients, "    - id: %s\n      password_hash: %q\n", l.id, h)
+	}
+	cfg := fmt.Sprintf(`gateway:
+  id: gw-e2e
+  data_dir: %s
+hub:
+  listen: %s
+  clients:
+%shttp:
+  listen: %s
+cloud:
+  protocol: mqtt
+  url: mqtt://%s
+  client_id: gw-e2e
+`, filepath.Join(g.dir, "data"), g.hub, clients.String(), g.http, cloudAddr)
+	g.cfgPath = filepath.Join(g.dir, "outpost.yaml")
+	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// start runs `outpost run` and waits until /healthz answers 200.
+func (g *gw) start() {
+	g.t.Helper()
+	g.proc = peertest.Start(g.t, exec.Command(bin, "run", "-c", g.cfgPath, "--log-level", "debug"), nil)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-g.proc.Done():
+			g.t.Fatalf("outpost exited during start:\n%s", g.proc.Output())
+		default:
+		}
+		resp, err := http.Get("http://" + g.http + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	g.t.Fatalf("outpost not healthy within 15 s:\n%s", g.proc.Output())
+}
+
+// stop sends sig and waits for the process to exit.
+func (g *gw) stop(sig os.Signal) {
+	g.t.Helper()
+	_ = g.proc.Cmd.Process.Signal(sig)
+	select {
+	case <-g.proc.Done():
+	case <-time.After(10 * time.Second):
+		g.t.Fatalf("outpost did not exit within 10 s of %v:\n%s", sig, g.proc.Output())
+	}
+}
+
+// pub runs mosquitto_pub as a leaf and returns its exit error and output.
+func (g *gw) pub(l leaf, topic, payload string, extra ...string) (string, error) {
+	g.t.Helper()
+	host, port, _ := strings.Cut(g.hub, ":")
+	args := append([]string{"-h", host, "-p", port, "-q", "1", "-i", l.id, "-u", l.id, "-P", l.password,
+		"-t", topic, "-m", payload, "-d"}, extra...)
+	cmd := exec.Command(peertest.Need(g.t, "mosquitto_pub"), args...)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return string(out), fmt.Errorf("mosquitto_pub hung (no PUBACK)")
+	}
+	return string(out), err
+}
+
+// expectLine waits for a line from sub matching re.
+func expectLine(t *testing.T, sub *peertest.Proc, re *regexp.Regexp, d time.Duration) string {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case line := <-sub.Lines:
+			if re.MatchString(line) {
+				return line
+			}
+		case <-deadline:
+			t.Fatalf("no line matching %q within %v; subscriber saw:\n%s", re, d, sub.Output())
+			return ""
+		}
+	}
+}
+
+// expectNoLine fails if a line matching re arrives within d.
+func expectNoLine(t *testing.T, sub *peertest.Proc, re *regexp.Regexp, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case line := <-sub.Lines:
+			if re.MatchString(line) {
+				t.Fatalf("unexpected line %q", line)
+			}
+		case <-deadline:
+			return
+		}
+	}
+}

@@ -1,0 +1,298 @@
+// Package gateway is the core that ties the parts into the appliance a user
+// runs: it opens the store, starts the local hub, the adapters and the cloud
+// link from one config, routes adapter readings into the same durable ingest
+// path as leaf messages, and serves health and status over HTTP.
+//
+// Subpackages hold the parts that are the gateway's own: config (the YAML
+// contract), hub (the embedded MQTT broker), msg (shared message types),
+// service (systemd integration), demo (the self-contained demo), and
+// peertest (real third-party peers for tests).
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/cloudlink"
+	"github.com/outpost-iot/outpost/gateway/config"
+	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
+)
+
+// Gateway is one running gateway. Create it with New and start it with Run.
+type Gateway struct {
+	cfg *config.Config
+	log *slog.Logger
+
+	queue *store.Queue
+	hub   *hub.Hub
+	link  *cloudlink.Session
+	http  *http.Server
+
+	httpAddr atomic.Value // string
+	ready    chan struct{}
+
+	produced atomic.Uint64 // readings and leaf messages offered for ingest
+	stored   atomic.Uint64 // ... of which durably appended
+
+	mu     sync.Mutex
+	failed map[string]error // part -> why it stopped
+}
+
+// New returns a gateway for cfg. Nothing is opened until Run.
+func New(cfg *config.Config, log *slog.Logger) *Gateway {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Gateway{cfg: cfg, log: log, ready: make(chan struct{}), failed: map[string]error{}}
+}
+
+// Ready is closed once the store is open, the hub listens and the adapters
+// and cloud link are started.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// Run opens the store and runs every part until ctx is done or a part fails
+// for good. Parts stop in reverse order and the store closes last, so
+// nothing acknowledged is ever in a half-written state. What was leased and
+// not acknowledged upstream is simply delivered again next time.
+func (g *Gateway) Run(ctx context.Context) (err error) {
+	q, err := store.Open(g.cfg.Gateway.DataDir, g.storeOptions())
+	if err != nil {
+		return fmt.Errorf("gateway: open store: %w", err)
+	}
+	g.queue = q
+	defer func() {
+		if cerr := q.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("gateway: close store: %w", cerr)
+		}
+	}()
+	if dir := q.Quarantined(); dir != "" {
+		g.log.Error("store was corrupt: moved aside, running on a fresh store", "quarantine", dir)
+	}
+
+	h, err := hub.New(g.hubOptions(), q)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if err := h.Start(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.hub = h
+	defer h.Close()
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	if err := g.startHTTP(ctx, &wg); err != nil {
+		return err
+	}
+
+	if g.cfg.Cloud.Protocol != config.ProtocolNone {
+		opt, err := g.linkOptions()
+		if err != nil {
+			return err
+		}
+		link, err := cloudlink.New(opt, q)
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.link = link
+		wg.Go(func() {
+			if err := link.Run(ctx); err != nil && ctx.Err() == nil {
+				g.fail("cloudlink", err)
+				cancel(fmt.Errorf("gateway: cloud link: %w", err))
+			}
+		})
+	}
+
+	for _, d := range g.cfg.Devices {
+		if err := g.startDevice(ctx, &wg, d); err != nil {
+			return err
+		}
+	}
+
+	close(g.ready)
+	g.log.Info("gateway ready", "id", g.cfg.Gateway.ID, "hub", h.Addr(), "http", g.HTTPAddr(),
+		"cloud", string(g.cfg.Cloud.Protocol), "devices", len(g.cfg.Devices))
+	<-ctx.Done()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return nil
+}
+
+func (g *Gateway) fail(part string, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failed[part] = err
+}
+
+// startDevice builds one adapter device and runs it. An adapter whose Run
+// fails is restarted with back-off: a field device must never need a human.
+func (g *Gateway) startDevice(ctx context.Context, wg *sync.WaitGroup, d config.Device) error {
+	kind, ok := adapters.Lookup(d.Kind)
+	if !ok {
+		return fmt.Errorf("gateway: device %s: unknown adapter kind %q", d.ID, d.Kind)
+	}
+	log := g.log.With("device", d.ID, "kind", d.Kind)
+	src, err := kind.New(d.ID, d.Adapter, log)
+	if err != nil {
+		return fmt.Errorf("gateway: device %s: %w", d.ID, err)
+	}
+	em := &emitter{g: g, prio: d.Priority}
+	wg.Go(func() {
+		backoff := time.Second
+		for {
+			err := src.Run(ctx, em)
+			if ctx.Err() != nil {
+				return
+			}
+			log.Error("adapter stopped; restarting", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, time.Minute)
+		}
+	})
+	return nil
+}
+
+// emitter is the adapters' way into the outbox: a reading is acknowledged
+// (Emit returns nil) only once it is durable, then local observers see it.
+type emitter struct {
+	g    *Gateway
+	prio msg.Priority
+}
+
+func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
+	recs := make([]*msg.Record, len(rs))
+	for i, r := range rs {
+		recs[i] = r.Record(e.prio)
+	}
+	e.g.produced.Add(uint64(len(recs)))
+	if err := e.g.queue.Append(ctx, recs...); err != nil {
+		return fmt.Errorf("gateway: ingest: %w", err)
+	}
+	e.g.stored.Add(uint64(len(recs)))
+	for _, r := range recs {
+		_ = e.g.hub.Publish(r) // observers only; the record is already safe
+	}
+	return nil
+}
+
+func (g *Gateway) storeOptions() store.Options {
+	s := g.cfg.Store
+	opt := store.Options{MaxBytes: int64(s.MaxBytes), TTL: s.TTL, Logger: g.log.With("part", "store")}
+	if s.WhenFull == config.Reject {
+		opt.WhenFull = store.Reject
+	}
+	return opt
+}
+
+func (g *Gateway) hubOptions() hub.Options {
+	c := g.cfg.Hub
+	opt := hub.Options{
+		Listen: c.Listen, TLSListen: c.TLSListen,
+		CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ClientCAFile: c.TLS.ClientCAFile,
+		MaxMessageBytes: int(c.MaxMessageBytes),
+		MaxInflight:     c.MaxInflight,
+		SessionExpiry:   c.SessionExpiry,
+		ConnectRate:     c.ConnectRate,
+		ConnectBurst:    c.ConnectBurst,
+		Logger:          g.log.With("part", "hub"),
+	}
+	for _, cl := range c.Clients {
+		opt.Clients = append(opt.Clients, hub.Client{ID: cl.ID, PasswordHash: cl.PasswordHash, Priority: cl.Priority, ReadAll: cl.ReadAll})
+	}
+	return opt
+}
+
+func (g *Gateway) linkOptions() (cloudlink.Options, error) {
+	c := g.cfg.Cloud
+	opt := cloudlink.Options{
+		Protocol: string(c.Protocol), URL: c.URL,
+		ClientID: c.ClientID, Username: c.Username,
+		CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
+		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
+		MaxInflight:        c.MaxInflight,
+		KeepAlive:          c.Keepalive,
+		ReplayRate:         c.ReplayRate,
+		Logger:             g.log.With("part", "cloudlink"),
+	}
+	if opt.ClientID == "" {
+		opt.ClientID = g.cfg.Gateway.ID
+	}
+	if c.PasswordFile != "" {
+		pw, err := os.ReadFile(c.PasswordFile)
+		if err != nil {
+			return opt, fmt.Errorf("gateway: cloud.password_file: %w", err)
+		}
+		opt.Password = strings.TrimRight(string(pw), "\r\n")
+	}
+	if c.Protocol == config.ProtocolAzure {
+		key := c.SharedAccessKey
+		if c.SharedAccessKeyFile != "" {
+			b, err := os.ReadFile(c.SharedAccessKeyFile)
+			if err != nil {
+				return opt, fmt.Errorf("gateway: cloud.shared_access_key_file: %w", err)
+			}
+			key = strings.TrimSpace(string(b))
+		}
+		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
+			Identity: string(c.Identity), TokenTTL: c.SASTTL}
+	}
+	return opt, nil
+}
+
+// HTTPAddr is the bound HTTP address ("" before Run or when disabled).
+func (g *Gateway) HTTPAddr() string {
+	s, _ := g.httpAddr.Load().(string)
+	return s
+}
+
+// HubAddr is the bound plain MQTT address of the local hub.
+func (g *Gateway) HubAddr() string {
+	if g.hub == nil {
+		return ""
+	}
+	return g.hub.Addr()
+}
+
+func (g *Gateway) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {
+	if g.cfg.HTTP.Listen == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", g.cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: http listen %s: %w", g.cfg.HTTP.Listen, err)
+	}
+	g.httpAddr.Store(l.Addr().String())
+	g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
+	wg.Go(func() {
+		if err := g.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.fail("http", err)
+		}
+	})
+	wg.Go(func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = g.http.Shutdown(sctx)
+	})
+	return nil
+}
