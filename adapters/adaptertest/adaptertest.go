@@ -18,8 +18,8 @@ import (
 
 // Case describes one working device of a kind for the suite.
 type Case struct {
-	Kind   string         // registered kind name
-	Device string         // device id to build it under
+	Kind   string          // registered kind name
+	Device string          // device id to build it under
 	Config adapters.Config // a valid config that produces readings against the test's peer
 	// Wait is how long the first reading may take (default 5 s).
 	Wait time.Duration

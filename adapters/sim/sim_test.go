@@ -34,7 +34,6 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-
 func TestWriteSetpointAndErrors(t *testing.T) {
 	m := New("m", Config{Interval: 10 * time.Millisecond, Setpoint: 20, FailEvery: 2})
 	res, err := m.Apply(context.Background(), msg.Command{Write: map[string]any{"setpoint": 21.5}})
