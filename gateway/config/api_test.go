@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPosAndErrorAt(t *testing.T) {
@@ -80,4 +81,25 @@ func TestEveryKeyCovered(t *testing.T) {
 		}
 	}
 	walk("", reflect.TypeFor[Config]())
+}
+
+func TestValidateCodeBuilt(t *testing.T) {
+	c := Default()
+	c.Gateway.ID = "gw"
+	c.Devices = []Device{
+		{ID: "a", Kind: "fake", Adapter: &fakeConfig{URL: "u", Interval: time.Second}},
+		{ID: "b", Kind: "fake", Adapter: &fakeConfig{Interval: time.Second, Points: []fakePoint{{Type: "x"}}}},
+		{ID: "c", Kind: "nope"},
+		{ID: "a", Kind: "other"},
+	}
+	want := strings.Join([]string{
+		`devices[1].fake.url: url is required`,
+		`devices[1].fake.points[0].type: unknown type "x"`,
+		`devices[2]: unknown adapter kind "nope" (registered: fake, other)`,
+		`devices[3].id: id "a" is already used by devices[0]`,
+		`devices[3]: no adapter config`,
+	}, "\n")
+	if err := c.Validate(); err == nil || err.Error() != want {
+		t.Errorf("got\n%v\nwant\n%s", err, want)
+	}
 }

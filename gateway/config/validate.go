@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/outpost-iot/outpost/adapters"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -225,6 +227,31 @@ func (v *validator) devices() {
 		p := elem("devices", i)
 		v.deviceID(p+".id", d.ID)
 		v.deviceAzure(p, d.Azure)
+		if v.c.where == nil {
+			v.codeBuiltAdapter(p, d)
+		}
+	}
+}
+
+// codeBuiltAdapter checks a device of a config built in code (Parse has
+// already done this while decoding a file).
+func (v *validator) codeBuiltAdapter(p string, d Device) {
+	if _, ok := adapters.Lookup(d.Kind); !ok {
+		v.errorf(p, "%s: unknown adapter kind %q (registered: %s)", p, d.Kind, kindList())
+		return
+	}
+	if d.Adapter == nil {
+		v.errorf(p, "%s: no adapter config", p)
+		return
+	}
+	kp := join(p, d.Kind)
+	for _, err := range leafErrors(d.Adapter.Validate()) {
+		var fe *adapters.FieldError
+		if errors.As(err, &fe) && fe.Path != "" {
+			v.errorf(kp, "%s.%s: %v", kp, fe.Path, fe.Err)
+			continue
+		}
+		v.errorf(kp, "%s: %v", kp, err)
 	}
 }
 
