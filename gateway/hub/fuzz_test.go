@@ -32,7 +32,7 @@ func FuzzHubPackets(f *testing.F) {
 				Listen:      "127.0.0.1:0",
 				Clients:     []Client{{ID: "leaf-1", PasswordHash: testHash}, {ID: "leaf-2", PasswordHash: testHash}},
 				ConnectRate: 1e9, ConnectBurst: 1 << 30,
-				Logger:      testLogger(t),
+				Logger: testLogger(t),
 			}, &fakeStore{})
 			if err == nil {
 				err = h.Start()

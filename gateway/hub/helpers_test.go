@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -332,3 +333,5 @@ func publish4(topic string, pid uint16, payload []byte) []byte {
 	body = append(body, payload...)
 	return packet(0x32, body)
 }
+
+func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }

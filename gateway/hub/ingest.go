@@ -9,6 +9,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 // ErrStoreFull may be wrapped by an Appender's error to say the store is
@@ -24,17 +25,9 @@ var ErrTooLarge = errors.New("hub: message too large")
 // not mochi, answers it (see session).
 var errRejected = fmt.Errorf("hub: handled by the hub: %w", packets.ErrRejectPacket)
 
-// fullSentinels are other packages' "store full" errors (see store_full.go).
-var fullSentinels []error
-
 func isFull(err error) bool {
-	if errors.Is(err, ErrStoreFull) {
+	if errors.Is(err, ErrStoreFull) || errors.Is(err, store.ErrFull) {
 		return true
-	}
-	for _, s := range fullSentinels {
-		if errors.Is(err, s) {
-			return true
-		}
 	}
 	var f interface{ Full() bool }
 	return errors.As(err, &f) && f.Full()

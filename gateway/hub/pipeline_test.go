@@ -136,14 +136,27 @@ func TestMaxInflightStopsReading(t *testing.T) {
 	if n := g.outstanding(); n != 4 {
 		t.Fatalf("%d submissions outstanding with MaxInflight 4", n)
 	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the store now syncs every 5 ms
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				g.releaseAll()
+			}
+		}
+	}()
 	for got := 0; got < 10; {
-		g.releaseAll()
 		typ, body := readPacket(t, c)
 		if typ != 0x40 || int(body[1]) != got+1 {
 			t.Fatalf("got %#x %x, want PUBACK %d", typ, body, got+1)
 		}
 		got++
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if g.maxOut > 4 {
 		t.Fatalf("max outstanding %d", g.maxOut)
 	}
