@@ -196,7 +196,11 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 		} else {
 			retryAt = time.Time{}
 		}
-		r, commit := rep.reading(d.id, now, res)
+		at := res.at
+		if at.IsZero() {
+			at = now
+		}
+		r, commit := rep.reading(d.id, at, res)
 		if len(r.Values)+len(r.Errors) == 0 {
 			continue
 		}

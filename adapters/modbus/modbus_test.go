@@ -232,9 +232,9 @@ func TestPointErrors(t *testing.T) {
 	c.URL, c.Interval, c.MaxGap = s.url(), time.Hour, 20
 	c.Points = []Point{
 		{Name: "ok", Address: 0, Type: "int16"},
-		{Name: "poison", Address: 199},   // the slave fails reading it: exception 04
-		{Name: "beyond", Address: 250},   // past the slave's table: exception 02
-		{Name: "ir8", Table: "input", Address: 8},  // input 10..19 is a hole, so a
+		{Name: "poison", Address: 199},              // the slave fails reading it: exception 04
+		{Name: "beyond", Address: 250},              // past the slave's table: exception 02
+		{Name: "ir8", Table: "input", Address: 8},   // input 10..19 is a hole, so a
 		{Name: "ir21", Table: "input", Address: 21}, // merged 8..21 read gets exception 02
 	}
 	d, rec := startDevice(t, "err-1", c)

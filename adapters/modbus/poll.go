@@ -17,8 +17,9 @@ import (
 type pollResult struct {
 	values   map[string]any
 	errs     map[string]string
-	answered int    // requests that got any reply, even an exception
-	firstErr string // the first error, for Health
+	answered int       // requests that got any reply, even an exception
+	firstErr string    // the first error, for Health
+	at       time.Time // when the first request finished: the reading's time
 }
 
 func (r *pollResult) fail(p *point, err string) {
@@ -70,6 +71,9 @@ func (d *Device) exec(ctx context.Context, b *Bus, r request, res *pollResult) e
 		d.count(err, time.Since(t0))
 		return err
 	})
+	if res.at.IsZero() {
+		res.at = time.Now()
+	}
 	if err == nil {
 		res.answered++
 		for _, p := range r.points {

@@ -71,19 +71,19 @@ func Tool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 type toolFlags struct {
-	unit     int
-	table    string
-	address  int
-	base     int
-	count    int
-	typ      string
-	order    string
-	length   int
-	scale    float64
-	offset   float64
-	timeout  time.Duration
-	units    string
-	bit      int
+	unit    int
+	table   string
+	address int
+	base    int
+	count   int
+	typ     string
+	order   string
+	length  int
+	scale   float64
+	offset  float64
+	timeout time.Duration
+	units   string
+	bit     int
 }
 
 // parseToolFlags parses flags and positional arguments in any order.
@@ -92,7 +92,11 @@ func parseToolFlags(cmd string, args []string, stdout, stderr io.Writer) (*toolF
 	fs := flag.NewFlagSet("outpost modbus "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&f.unit, "unit", 1, "unit (slave) id")
-	fs.DurationVar(&f.timeout, "timeout", time.Second, "timeout per request")
+	timeout := time.Second
+	if cmd == "scan" {
+		timeout = 200 * time.Millisecond
+	}
+	fs.DurationVar(&f.timeout, "timeout", timeout, "how long to wait for each reply")
 	fs.StringVar(&f.table, "table", "holding", "coil, discrete, input or holding")
 	fs.IntVar(&f.address, "address", 0, "first address")
 	fs.IntVar(&f.base, "address-base", 0, "0 for protocol addresses, 1 for manuals that count from 1")
@@ -109,8 +113,6 @@ func parseToolFlags(cmd string, args []string, stdout, stderr io.Writer) (*toolF
 		}
 	case "scan":
 		fs.StringVar(&f.units, "units", "1-247", "unit ids to try: 1-247, or 1,2,5-9")
-		f.timeout = 200 * time.Millisecond
-		fs.DurationVar(&f.timeout, "timeout", 200*time.Millisecond, "how long to wait for each unit")
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: outpost modbus %s URL [flags]%s\n\nFlags:\n", cmd, map[bool]string{true: " VALUE...", false: ""}[cmd == "write"])
