@@ -95,8 +95,13 @@ func (q *Queue) AckGap(ctx context.Context, gen uint64) error {
 // read and change q.m and write to b; it must return an error only before
 // its first write.
 func (q *Queue) do(ctx context.Context, fn func(b *batch) error) error {
+	return q.doSized(ctx, 1024, fn)
+}
+
+// doSized is do for an fn that writes about est bytes.
+func (q *Queue) doSized(ctx context.Context, est int64, fn func(b *batch) error) error {
 	ch := make(chan error, 1)
-	if err := q.enqueue(&op{kind: opFunc, fn: fn, n: 4, est: 1024, done: func(err error) { ch <- err }}); err != nil {
+	if err := q.enqueue(&op{kind: opFunc, fn: fn, n: 4, est: est, done: func(err error) { ch <- err }}); err != nil {
 		return err
 	}
 	select {

@@ -179,16 +179,18 @@ type Queue struct {
 	quarantined string
 
 	// writer side (see writer.go)
-	wmu      sync.Mutex
-	ops      []*op
-	wake     chan struct{} // cap 1
-	closing  chan struct{} // closed by Close
-	closed   atomic.Bool
-	bg       sync.WaitGroup
-	closeErr error
-	once     sync.Once
-	m        meta // owned by the writer goroutine
-	eachMu   sync.Mutex
+	wmu        sync.Mutex
+	ops        []*op
+	wake       chan struct{} // cap 1
+	closing    chan struct{} // closed by Close
+	closed     atomic.Bool
+	bg         sync.WaitGroup
+	closeErr   error
+	once       sync.Once
+	m          meta          // owned by the writer goroutine, like the next two
+	expect     int           // ops in the last round (see linger)
+	lastCommit time.Duration // duration of the last commit
+	eachMu     sync.Mutex
 
 	// lease side, guarded by mu (see lease.go)
 	mu         sync.Mutex

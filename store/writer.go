@@ -149,6 +149,8 @@ func (q *Queue) writeLoop() {
 		sweep = t.C
 	}
 	failures := 0
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		sweepAgain := false
 		select {
@@ -161,6 +163,7 @@ func (q *Queue) writeLoop() {
 			if sweepAgain && !q.closed.Load() {
 				sweepAgain = q.sweepExpired(q.opt.Now())
 			}
+			q.linger(linger)
 			ops := q.takeBatch()
 			if len(ops) == 0 {
 				break
@@ -186,6 +189,35 @@ func (q *Queue) writeLoop() {
 			}
 		}
 	}
+}
+
+// linger waits briefly, before taking a batch, for the producers released by
+// the previous batch to submit again, so that closed-loop producers form one
+// batch per sync instead of alternating cohorts. It waits until as many ops
+// are queued as took part in the last round (that batch plus what arrived
+// while it synced), for at most half the last commit time.
+func (q *Queue) linger(t *time.Timer) {
+	expect, d := q.expect, q.lastCommit/2
+	if q.opt.SyncEach || expect <= 1 || d <= 0 || q.closed.Load() {
+		return
+	}
+	t.Reset(min(d, 2*time.Millisecond))
+	defer t.Stop()
+	for q.queued() < expect {
+		select {
+		case <-q.wake:
+		case <-t.C:
+			return
+		case <-q.closing:
+			return
+		}
+	}
+}
+
+func (q *Queue) queued() int {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	return len(q.ops)
 }
 
 // commit applies ops in one transaction and reports the batch's fate to
@@ -225,7 +257,9 @@ func (q *Queue) commit(ops []*op) error {
 	start := time.Now()
 	if err == nil {
 		err = b.txn.Commit()
-		q.met.commitSeconds.Observe(time.Since(start).Seconds())
+		q.lastCommit = time.Since(start)
+		q.expect = len(ops) + q.queued()
+		q.met.commitSeconds.Observe(q.lastCommit.Seconds())
 		q.met.batchOps.Observe(float64(len(ops)))
 	}
 	if err != nil {
