@@ -84,13 +84,30 @@ func (h *Hub) allowed(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
-		dev, _, err := msg.ParseEventsTopic(topic)
-		return err == nil && dev == id
+		return ownEvents(id, topic)
 	}
 	if ownDevicebound(id, topic) {
 		return true
 	}
 	return c.ReadAll && eventsOnlyFilter(topic)
+}
+
+// ownEvents reports whether topic is devices/{id}/messages/events with an
+// optional single-level property bag; the bag itself is parsed at ingest.
+func ownEvents(id, topic string) bool {
+	rest, ok := strings.CutPrefix(topic, "devices/")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, id)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, "/messages/events")
+	if !ok {
+		return false
+	}
+	return rest == "" || rest[0] == '/' && !strings.Contains(rest[1:], "/")
 }
 
 // ownDevicebound reports whether f (a filter or topic) lies within

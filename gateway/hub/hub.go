@@ -116,6 +116,7 @@ type Hub struct {
 	sessions sync.Map       // *mqtt.Client -> *session
 	writers  sync.WaitGroup // session goroutines
 	closing  chan struct{}  // closed by Close
+	observed atomic.Bool    // some client has subscribed to D2C topics (then fan out)
 
 	mu      sync.Mutex
 	started bool
@@ -321,6 +322,9 @@ func (h *Hub) Publish(r *msg.Record) error {
 	srv := h.server()
 	if srv == nil {
 		return ErrClosed
+	}
+	if !h.observed.Load() {
+		return nil
 	}
 	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
 		return fmt.Errorf("hub: publish %s: %w", r.Device, err)

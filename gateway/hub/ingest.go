@@ -215,8 +215,10 @@ func (s *session) run() {
 			}
 		}
 		s.write(acks)
-		for _, e := range ready {
+		for range ready {
 			<-s.slots
+		}
+		for _, e := range ready {
 			if e.err == nil {
 				s.h.fanOut(e.rec)
 			}
@@ -273,8 +275,13 @@ func (s *session) write(b []byte) {
 	}
 }
 
-// fanOut publishes a stored record to local subscribers.
+// fanOut publishes a stored record to local subscribers. Until some client
+// has subscribed to a D2C topic, there is nobody to fan out to and the
+// topic is not even built.
 func (h *Hub) fanOut(r *msg.Record) {
+	if !h.observed.Load() {
+		return
+	}
 	srv := h.server()
 	if srv == nil {
 		return

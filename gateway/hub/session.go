@@ -40,6 +40,11 @@ func (k *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < 0x80 && eventsOnlyFilter(f.Filter) {
+			k.h.observed.Store(true)
+		}
+	}
 	k.h.c2d.online(cl)
 }
 
