@@ -115,3 +115,36 @@ func (q *Queue) Dead(after uint64, max int) ([]DeadLetter, error) {
 	}
 	return out, nil
 }
+
+// Peek returns up to max of the oldest outbox records in lease order (High,
+// Normal, Low; FIFO inside a class), leased ones included, without leasing
+// them. It works on a read-only store.
+func (q *Queue) Peek(max int) ([]*msg.Record, error) {
+	q.mu.Lock()
+	var from [msg.NumPriorities]uint64
+	for c := range from {
+		from[c] = q.pub.Classes[c].Head
+	}
+	q.mu.Unlock()
+	var out []*msg.Record
+	err := q.db.View(func(txn *badger.Txn) error {
+		for c := msg.Priority(0); c < msg.NumPriorities && len(out) < max; c++ {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
+			for it.Seek(outboxKey(c, from[c])); it.Valid() && len(out) < max; it.Next() {
+				_, seq, _ := parseOutboxKey(it.Item().Key())
+				rec, err := itemRecord(it.Item(), seq)
+				if err != nil {
+					it.Close()
+					return err
+				}
+				out = append(out, rec)
+			}
+			it.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("store: peek: %w", err)
+	}
+	return out, nil
+}

@@ -11,34 +11,36 @@ import (
 
 // ClassStats is one priority class of the outbox.
 type ClassStats struct {
-	Depth uint64
-	Bytes int64
+	Depth uint64 `json:"depth"`
+	Bytes int64  `json:"bytes"`
 }
 
 // Stats is a snapshot of the store. Counters are durable (they survive
 // restarts; a quarantine starts them again from zero).
 type Stats struct {
-	Depth     uint64 // records in the outbox, leased ones included
-	Bytes     int64  // their msg.Record.Size() sum
-	MaxBytes  int64
-	Classes   [msg.NumPriorities]ClassStats
-	Oldest    time.Time     // enqueue time of the oldest record; zero when empty
-	OldestAge time.Duration // time since Oldest
-	Leased    int           // records leased now
-	NextSeq   uint64
+	Depth     uint64                        `json:"depth"` // records in the outbox, leased ones included
+	Bytes     int64                         `json:"bytes"` // their msg.Record.Size() sum
+	MaxBytes  int64                         `json:"max_bytes"`
+	Classes   [msg.NumPriorities]ClassStats `json:"classes"`         // High, Normal, Low
+	Oldest    time.Time                     `json:"oldest,omitzero"` // enqueue time of the oldest record; zero when empty
+	OldestAge time.Duration                 `json:"-"`               // time since Oldest
+	// OldestAgeSeconds is OldestAge in seconds (for JSON).
+	OldestAgeSeconds float64 `json:"oldest_age_s"`
+	Leased           int     `json:"leased"` // records leased now
+	NextSeq          uint64  `json:"next_seq"`
 
-	Appends     uint64 // records ever appended
-	Acks        uint64 // records acked
-	Dropped     uint64 // evicted under DropOldest
-	Expired     uint64 // removed by TTL
-	Dead        uint64 // rejected to the dead letters
-	DeadDepth   uint64 // dead letters kept now
-	DeadDropped uint64 // dead letters deleted beyond MaxDead
+	Appends     uint64 `json:"appends"`      // records ever appended
+	Acks        uint64 `json:"acks"`         // records acked
+	Dropped     uint64 `json:"dropped"`      // evicted under DropOldest
+	Expired     uint64 `json:"expired"`      // removed by TTL
+	Dead        uint64 `json:"dead"`         // rejected to the dead letters
+	DeadDepth   uint64 `json:"dead_depth"`   // dead letters kept now
+	DeadDropped uint64 `json:"dead_dropped"` // dead letters deleted beyond MaxDead
 
-	Gap    Gap // accumulating, not yet taken
-	GapOut Gap // taken, waiting for AckGap
+	Gap    Gap `json:"gap"`     // accumulating, not yet taken
+	GapOut Gap `json:"gap_out"` // taken, waiting for AckGap
 
-	Quarantined string // see Queue.Quarantined
+	Quarantined string `json:"quarantined,omitempty"` // see Queue.Quarantined
 }
 
 // Stats returns a snapshot. It reads the head of each class from disk to find
@@ -81,6 +83,7 @@ func (q *Queue) Stats() Stats {
 	})
 	if !s.Oldest.IsZero() {
 		s.OldestAge = q.opt.Now().Sub(s.Oldest)
+		s.OldestAgeSeconds = s.OldestAge.Seconds()
 	}
 	return s
 }
