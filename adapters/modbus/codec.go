@@ -292,7 +292,13 @@ func (p *point) rawInteger(v any) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w: %s: %v", errBadValue, p.name, err)
 	}
-	r := math.Round((f - p.offset) / p.scale)
+	r := (f - p.offset) / p.scale
+	if p.scale != 1 || p.offset != 0 {
+		// 1.25 at scale 0.1 is 12.499999999999998 in binary; round the
+		// float noise away before rounding to the register's integer.
+		r, _ = strconv.ParseFloat(strconv.FormatFloat(r, 'g', 12, 64), 64)
+	}
+	r = math.Round(r)
 	lo, hi := 0.0, math.Ldexp(1, bits)
 	if signed {
 		lo, hi = -math.Ldexp(1, bits-1), math.Ldexp(1, bits-1)

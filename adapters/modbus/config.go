@@ -298,11 +298,15 @@ func (s busSpec) String() string {
 
 // charTime is one character on the wire: start, data, parity and stop bits.
 func (s busSpec) charTime() time.Duration {
+	return time.Duration(s.charBits()) * time.Second / time.Duration(s.baud)
+}
+
+func (s busSpec) charBits() int {
 	bits := 1 + s.dataBits + s.stopBits
 	if s.parity != "N" {
 		bits++
 	}
-	return time.Duration(bits) * time.Second / time.Duration(s.baud)
+	return bits
 }
 
 // frameGap is the silent interval between RTU frames: 3.5 characters, and
@@ -314,7 +318,7 @@ func (s busSpec) frameGap() time.Duration {
 	if s.baud > 19200 {
 		return 1750 * time.Microsecond
 	}
-	return s.charTime() * 7 / 2
+	return time.Duration(s.charBits()) * 7 * time.Second / time.Duration(2*s.baud)
 }
 
 func parseURL(raw string) (busSpec, error) {

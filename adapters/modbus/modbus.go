@@ -25,6 +25,7 @@ package modbus
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -302,3 +303,8 @@ func (s *scheduler) take(now time.Time) []*point {
 	}
 	return due
 }
+
+// Sample is an annotated example of devices with modbus sections.
+//
+//go:embed sample.yaml
+var Sample string

@@ -103,7 +103,7 @@ func parseToolFlags(cmd string, args []string, stdout, stderr io.Writer) (*toolF
 	switch cmd {
 	case "read", "write":
 		fs.StringVar(&f.typ, "type", "", "bool, int16, uint16, int32, uint32, int64, uint64, float32, float64 or string (default uint16; bool for coil/discrete)")
-		fs.StringVar(&f.order, "order", "ABCD", "byte/word order: ABCD, CDAB, BADC or DCBA")
+		fs.StringVar(&f.order, "order", "", "byte/word order: ABCD (default), CDAB, BADC or DCBA")
 		fs.IntVar(&f.length, "length", 0, "string length in registers")
 		fs.Float64Var(&f.scale, "scale", 1, "value = raw*scale + offset")
 		fs.Float64Var(&f.offset, "offset", 0, "value = raw*scale + offset")
