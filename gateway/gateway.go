@@ -22,11 +22,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/outpost-iot/outpost/adapters"
 	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/hub"
-	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
 )
 
@@ -35,10 +33,11 @@ type Gateway struct {
 	cfg *config.Config
 	log *slog.Logger
 
-	queue *store.Queue
-	hub   *hub.Hub
-	link  *cloudlink.Session
-	http  *http.Server
+	queue  *store.Queue
+	hub    *hub.Hub
+	link   *cloudlink.Session
+	ledger *ledger
+	http   *http.Server
 
 	httpAddr atomic.Value // string
 	ready    chan struct{}
@@ -46,8 +45,12 @@ type Gateway struct {
 	produced atomic.Uint64 // readings and leaf messages offered for ingest
 	stored   atomic.Uint64 // ... of which durably appended
 
-	mu     sync.Mutex
-	failed map[string]error // part -> why it stopped
+	reloadMu sync.Mutex // one Reload at a time
+
+	mu      sync.Mutex
+	runCtx  context.Context    // the context devices run under; nil before Run
+	failed  map[string]error   // part -> why it stopped
+	devices map[string]*device // by id
 }
 
 // New returns a gateway for cfg. Nothing is opened until Run.
@@ -55,7 +58,7 @@ func New(cfg *config.Config, log *slog.Logger) *Gateway {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: log, ready: make(chan struct{}), failed: map[string]error{}}
+	return &Gateway{cfg: cfg, log: log, ready: make(chan struct{}), failed: map[string]error{}, devices: map[string]*device{}}
 }
 
 // Ready is closed once the store is open, the hub listens and the adapters
@@ -91,11 +94,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	g.hub = h
 	defer h.Close()
 
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel (deferred calls run last-in first-out)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 
+	g.ledger = newLedger(g, q, g.cfg.Commands.TTL)
 	if err := g.startHTTP(ctx, &wg); err != nil {
 		return err
 	}
@@ -105,6 +109,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		opt.Inbox = g.ledger.Accept
 		link, err := cloudlink.New(opt, q)
 		if err != nil {
 			return fmt.Errorf("gateway: %w", err)
@@ -118,11 +123,30 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		})
 	}
 
-	for _, d := range g.cfg.Devices {
-		if err := g.startDevice(ctx, &wg, d); err != nil {
+	g.mu.Lock()
+	g.runCtx = ctx
+	g.mu.Unlock()
+	for _, dc := range g.cfg.Devices {
+		d, err := g.startDevice(ctx, dc)
+		if err != nil {
 			return err
 		}
+		g.mu.Lock()
+		g.devices[dc.ID] = d
+		g.mu.Unlock()
 	}
+	defer func() {
+		for _, d := range g.deviceList() {
+			d.stop()
+		}
+	}()
+
+	wg.Go(func() {
+		if err := g.ledger.run(ctx); err != nil {
+			g.fail("commands", err)
+			cancel(err)
+		}
+	})
 
 	close(g.ready)
 	g.log.Info("gateway ready", "id", g.cfg.Gateway.ID, "hub", h.Addr(), "http", g.HTTPAddr(),
@@ -138,61 +162,6 @@ func (g *Gateway) fail(part string, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.failed[part] = err
-}
-
-// startDevice builds one adapter device and runs it. An adapter whose Run
-// fails is restarted with back-off: a field device must never need a human.
-func (g *Gateway) startDevice(ctx context.Context, wg *sync.WaitGroup, d config.Device) error {
-	kind, ok := adapters.Lookup(d.Kind)
-	if !ok {
-		return fmt.Errorf("gateway: device %s: unknown adapter kind %q", d.ID, d.Kind)
-	}
-	log := g.log.With("device", d.ID, "kind", d.Kind)
-	src, err := kind.New(d.ID, d.Adapter, log)
-	if err != nil {
-		return fmt.Errorf("gateway: device %s: %w", d.ID, err)
-	}
-	em := &emitter{g: g, prio: d.Priority}
-	wg.Go(func() {
-		backoff := time.Second
-		for {
-			err := src.Run(ctx, em)
-			if ctx.Err() != nil {
-				return
-			}
-			log.Error("adapter stopped; restarting", "err", err, "in", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, time.Minute)
-		}
-	})
-	return nil
-}
-
-// emitter is the adapters' way into the outbox: a reading is acknowledged
-// (Emit returns nil) only once it is durable, then local observers see it.
-type emitter struct {
-	g    *Gateway
-	prio msg.Priority
-}
-
-func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
-	recs := make([]*msg.Record, len(rs))
-	for i, r := range rs {
-		recs[i] = r.Record(e.prio)
-	}
-	e.g.produced.Add(uint64(len(recs)))
-	if err := e.g.queue.Append(ctx, recs...); err != nil {
-		return fmt.Errorf("gateway: ingest: %w", err)
-	}
-	e.g.stored.Add(uint64(len(recs)))
-	for _, r := range recs {
-		_ = e.g.hub.Publish(r) // observers only; the record is already safe
-	}
-	return nil
 }
 
 func (g *Gateway) storeOptions() store.Options {

@@ -3,5 +3,8 @@
 package all
 
 import (
+	_ "github.com/outpost-iot/outpost/adapters/gpio"
+	_ "github.com/outpost-iot/outpost/adapters/modbus"
+	_ "github.com/outpost-iot/outpost/adapters/serial"
 	_ "github.com/outpost-iot/outpost/adapters/sim"
 )

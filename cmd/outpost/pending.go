@@ -16,9 +16,6 @@ func pending(name string) func(context.Context, []string, io.Writer, io.Writer) 
 }
 
 var (
-	benchStore  = pending("bench store")
-	benchIngest = pending("bench ingest")
-	benchDrain  = pending("bench drain")
-	cmdQueue    = pending("queue")
-	cmdSerial   = pending("serial")
+	benchDrain = pending("bench drain")
+	cmdSerial  = pending("serial")
 )

@@ -95,13 +95,19 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			return 0
 		case <-hup:
-			// Reload (issue 8) re-reads the config and restarts only what
-			// changed; until then a reload is refused loudly.
-			if _, err := config.Load(*file); err != nil {
+			// Reload: re-read the config; restart only the adapters whose
+			// config changed. The store and the queue are never touched. An
+			// invalid config is refused and the running one kept.
+			_ = service.Reloading()
+			cfg, err := config.Load(*file)
+			if err != nil {
 				log.Error("reload refused: config invalid; keeping the running one", "err", err)
-			} else {
-				log.Warn("reload: config is valid, but live reload is not supported yet; restart to apply")
+			} else if res, err := g.Reload(cfg); err != nil {
+				log.Error("reload: some devices failed to start", "err", err)
+			} else if len(res.NeedRestart) > 0 {
+				log.Warn("reload: these sections changed and take effect after a restart", "sections", res.NeedRestart)
 			}
+			_ = service.Ready()
 		case <-statusTick.C:
 			st := g.Status()
 			link := "none"
