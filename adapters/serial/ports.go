@@ -47,12 +47,27 @@ func listPorts(sysTTY, dev string) ([]PortInfo, error) {
 			continue // an 8250 slot with no UART (PORT_UNKNOWN)
 		}
 		p := PortInfo{Path: filepath.Join(dev, name), ByID: byID[name]}
-		if drv, err := filepath.EvalSymlinks(filepath.Join(dir, "device", "driver")); err == nil {
-			p.Driver = filepath.Base(drv)
-		}
+		p.Driver = driverOf(filepath.Join(dir, "device"))
 		slices.Sort(p.ByID)
 		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b PortInfo) int { return strings.Compare(a.Path, b.Path) })
 	return out, nil
+}
+
+// driverOf names the driver of a tty's device, skipping the kernel's
+// serial-base "port" and "ctrl" layers (6.5+) to reach the UART driver.
+func driverOf(device string) string {
+	dir, err := filepath.EvalSymlinks(device)
+	if err != nil {
+		return ""
+	}
+	for range 4 {
+		drv, err := filepath.EvalSymlinks(filepath.Join(dir, "driver"))
+		if err == nil && filepath.Base(filepath.Dir(filepath.Dir(drv))) != "serial-base" {
+			return filepath.Base(drv)
+		}
+		dir = filepath.Dir(dir)
+	}
+	return ""
 }

@@ -9,6 +9,9 @@
 // itself down (see Health), reopens with back-off and resumes without a
 // restart. The port is always opened with a read timeout, so shutdown and
 // unplug detection never hang on a blocked read.
+//
+// Tool is the field tool behind "outpost serial ports|sniff"; it frames and
+// parses with this same code.
 package serial
 
 import (
