@@ -191,8 +191,8 @@ func pull(s string) (gpio.Pull, error) {
 	return 0, fmt.Errorf("must be up, down or none, got %q", s)
 }
 
-// level parses low or high; "" is allowed (and reported as ok=false by the
-// caller's check) when optional is set.
+// level parses low or high; "" is accepted (as Low) when optional is set,
+// for keys that may be left out.
 func level(s string, optional bool) (gpio.Level, error) {
 	switch s {
 	case "low":

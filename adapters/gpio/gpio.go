@@ -46,6 +46,21 @@ func init() {
 	})
 }
 
+// LinkObserver is the optional interface a GPIO device offers the gateway
+// for the failsafe: call SetLinkState on every change of the upstream link
+// (and once at start if the link is down). The gateway declares the same
+// method set and finds it by type assertion; it need not import this
+// package.
+type LinkObserver interface {
+	SetLinkState(up bool, since time.Time)
+}
+
+var (
+	_ adapters.Source = (*Device)(nil)
+	_ adapters.Sink   = (*Device)(nil)
+	_ LinkObserver    = (*Device)(nil)
+)
+
 // Health states.
 const (
 	StateOK   = "ok"
@@ -91,7 +106,7 @@ type point struct {
 	pin  gpio.PinIO
 	edge gpio.Edge
 
-	mu  sync.Mutex // serialises output changes: write, pulse, failsafe
+	mu  sync.Mutex  // serialises output changes: write, pulse, failsafe
 	out atomic.Bool // last level written (outputs)
 
 	count atomic.Uint64 // pulses (counters)
@@ -217,6 +232,9 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 	if err := d.configure(); err != nil {
 		d.setHealth(StateDown, err.Error())
 		return err
+	}
+	for len(d.changes) > 0 { // left over from a previous Run
+		<-d.changes
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})

@@ -69,6 +69,11 @@ const (
 	MaxSend = 4096
 )
 
+var (
+	_ adapters.Source = (*Device)(nil)
+	_ adapters.Sink   = (*Device)(nil)
+)
+
 // errHangup is why a session ends when the tty was hung up or replaced.
 var errHangup = errors.New("serial: port hung up or removed")
 

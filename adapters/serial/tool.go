@@ -55,7 +55,9 @@ func Tool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func toolPorts(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("outpost serial ports", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, "Usage: outpost serial ports\n\nLists serial ports with their /dev/serial/by-id names.") }
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: outpost serial ports\n\nLists serial ports with their /dev/serial/by-id names.")
+	}
 	if err := fs.Parse(args); err != nil {
 		return exitFor(err)
 	}
