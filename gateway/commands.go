@@ -207,29 +207,37 @@ func (l *ledger) executeAdapter(ctx context.Context, c store.Command, d *device)
 		return l.finish(ctx, c, msg.Result{Status: msg.StatusFailed,
 			Error: "interrupted by a gateway restart while executing; a send or pulse is not repeated, it may or may not have happened"})
 	}
-	// Wait while the device is down, until the deadline.
-	for {
-		state := "ok"
-		if h, ok := d.src.(healther); ok {
-			state, _ = h.Health()
-		}
-		if state != "down" {
-			break
-		}
-		if time.Now().After(c.Deadline) {
-			return l.finish(ctx, c, msg.Result{Status: msg.StatusExpired, Error: "device was down until the deadline"})
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	if err := l.setState(ctx, &c, store.CmdExecuting, ""); err != nil {
-		return err
-	}
+	// Apply, waiting while the device is down and retrying failures that
+	// may pass (a timeout, a lost connection) with back-off, until the
+	// deadline. A rejection is final at once.
 	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
+	backoff := time.Second
+	for attempt := 0; ; attempt++ {
+		for {
+			if time.Now().After(c.Deadline) {
+				if lastErr != nil {
+					return l.finish(ctx, c, msg.Result{Status: msg.StatusFailed, Error: fmt.Sprintf("deadline passed after %d attempts: %v", attempt, lastErr)})
+				}
+				return l.finish(ctx, c, msg.Result{Status: msg.StatusExpired, Error: "device was down until the deadline"})
+			}
+			state := "ok"
+			if h, ok := d.src.(healther); ok {
+				state, _ = h.Health()
+			}
+			if state != "down" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		if c.State != store.CmdExecuting {
+			if err := l.setState(ctx, &c, store.CmdExecuting, ""); err != nil {
+				return err
+			}
+		}
 		actx, cancel := context.WithDeadline(ctx, c.Deadline)
 		res, err := d.sink.Apply(actx, cmd)
 		cancel()
@@ -245,19 +253,14 @@ func (l *ledger) executeAdapter(ctx context.Context, c store.Command, d *device)
 			return nil // shutting down: the command stays executing for the next start
 		}
 		lastErr = err
-		if time.Now().After(c.Deadline) {
-			break
-		}
+		l.log.Warn("command failed; will retry until its deadline", "id", c.ID, "device", c.Device, "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Duration(attempt+1) * time.Second):
+		case <-time.After(min(backoff, max(time.Until(c.Deadline), 0)+10*time.Millisecond)):
 		}
+		backoff = min(backoff*2, 30*time.Second)
 	}
-	if time.Now().After(c.Deadline) {
-		return l.finish(ctx, c, msg.Result{Status: msg.StatusExpired, Error: fmt.Sprintf("deadline passed: %v", lastErr)})
-	}
-	return l.finish(ctx, c, msg.Result{Status: msg.StatusFailed, Error: lastErr.Error()})
 }
 
 func (l *ledger) executeLeaf(ctx context.Context, c store.Command) error {

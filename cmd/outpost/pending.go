@@ -17,5 +17,4 @@ func pending(name string) func(context.Context, []string, io.Writer, io.Writer) 
 
 var (
 	benchDrain = pending("bench drain")
-	cmdSerial  = pending("serial")
 )

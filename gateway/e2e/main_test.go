@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,11 +11,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/outpost-iot/outpost/gateway"
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
 
@@ -55,6 +58,11 @@ type gw struct {
 
 // newGateway writes a config for leaves and an upstream at cloudAddr.
 func newGateway(t *testing.T, cloudAddr string, leaves ...leaf) *gw {
+	return newGatewayWith(t, cloudAddr, "", leaves...)
+}
+
+// newGatewayWith is newGateway with extra top-level YAML (devices, commands).
+func newGatewayWith(t *testing.T, cloudAddr, extra string, leaves ...leaf) *gw {
 	t.Helper()
 	g := &gw{t: t, dir: t.TempDir()}
 	g.hub = fmt.Sprintf("127.0.0.1:%d", peertest.FreePort(t))
@@ -79,7 +87,7 @@ cloud:
   protocol: mqtt
   url: mqtt://%s
   client_id: gw-e2e
-`, filepath.Join(g.dir, "data"), g.hub, clients.String(), g.http, cloudAddr)
+%s`, filepath.Join(g.dir, "data"), g.hub, clients.String(), g.http, cloudAddr, extra)
 	g.cfgPath = filepath.Join(g.dir, "outpost.yaml")
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -108,6 +116,37 @@ func (g *gw) start() {
 		time.Sleep(50 * time.Millisecond)
 	}
 	g.t.Fatalf("outpost not healthy within 15 s:\n%s", g.proc.Output())
+}
+
+// status fetches /api/status.
+func (g *gw) status() gateway.Status {
+	g.t.Helper()
+	var st gateway.Status
+	resp, err := http.Get("http://" + g.http + "/api/status")
+	if err != nil {
+		g.t.Fatalf("status: %v", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		g.t.Fatalf("status: %v", err)
+	}
+	return st
+}
+
+// waitStatus polls /api/status until ok returns true.
+func (g *gw) waitStatus(what string, d time.Duration, ok func(gateway.Status) bool) gateway.Status {
+	g.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st := g.status()
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("timed out after %v waiting for %s; status %+v\noutpost log:\n%s", d, what, st, g.proc.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // stop sends sig and waits for the process to exit.
@@ -174,3 +213,5 @@ func expectNoLine(t *testing.T, sub *peertest.Proc, re *regexp.Regexp, d time.Du
 		}
 	}
 }
+
+var syscallKILL = syscall.SIGKILL
