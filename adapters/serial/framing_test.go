@@ -3,6 +3,7 @@ package serial
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -156,4 +157,48 @@ func TestBytes(t *testing.T) {
 func ExampleBytes() {
 	fmt.Printf("% x\n", Bytes("\u00aa\r\n"))
 	// Output: aa 0d 0a
+}
+
+// BenchmarkFrameAndParse cuts an NMEA stream into sentences and parses them,
+// as the read loop does, in 64-byte reads.
+func BenchmarkFrameAndParse(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		f    Framing
+		p    Parse
+		line string
+	}{
+		{"nmea", Framing{Start: "$", Delimiter: "\r\n", Max: 128}, Parse{NMEA: true}, "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"},
+		{"regex", Framing{Max: 128}, Parse{Regex: `T=(?P<t>-?[0-9.]+) H=(?P<h>[0-9.]+)`}, "T=21.5 H=40.2\n"},
+		{"kv", Framing{Max: 128}, Parse{KV: true}, "T=21.5 H=40.2 P=1013.2\n"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			stream := []byte(strings.Repeat(tc.line, 64))
+			fr := newFramer(tc.f)
+			parse, err := newParser(tc.p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var n, bad int
+			emit := func(frame []byte, _ time.Time) {
+				if _, err := parse(frame); err != nil {
+					bad++
+				}
+				n++
+			}
+			now := time.Now()
+			b.SetBytes(int64(len(stream)))
+			for b.Loop() {
+				for p := stream; len(p) > 0; {
+					k := min(64, len(p))
+					fr.feed(p[:k], now, emit)
+					p = p[k:]
+				}
+			}
+			if bad > 0 {
+				b.Fatalf("%d of %d frames did not parse", bad, n)
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "frames/s")
+		})
+	}
 }
