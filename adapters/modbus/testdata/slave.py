@@ -3,6 +3,7 @@
 
     /usr/bin/python3 slave.py tcp 127.0.0.1 15020 [--units 1,2,3]
     /usr/bin/python3 slave.py rtu /path/to/ttyB 19200 [--units 1,2,3]
+    /usr/bin/python3 slave.py ascii /path/to/ttyB 9600
 
 Without --units every unit id answers from one context (single=True);
 with it only the listed ids answer (single=False) and others are ignored,
@@ -21,7 +22,7 @@ import sys
 from pymodbus.datastore import (ModbusSequentialDataBlock, ModbusServerContext,
                                 ModbusSlaveContext, ModbusSparseDataBlock)
 from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
-from pymodbus.transaction import ModbusRtuFramer, ModbusSocketFramer
+from pymodbus.transaction import ModbusAsciiFramer, ModbusRtuFramer, ModbusSocketFramer
 
 HR_SIZE = 200       # holding 0..199; 200 and up -> exception 02
 POISON = 199        # reading holding 199 -> exception 04 (slave device failure)
@@ -131,7 +132,8 @@ async def main(argv):
         print("READY", flush=True)
         await task
     else:
-        server = await StartAsyncSerialServer(context=ctx, framer=ModbusRtuFramer,
+        framer = ModbusAsciiFramer if argv[1] == "ascii" else ModbusRtuFramer
+        server = await StartAsyncSerialServer(context=ctx, framer=framer,
                                               port=argv[2], baudrate=int(argv[3]),
                                               bytesize=8, parity="N", stopbits=1, timeout=0.005,
                                               defer_start=True)
