@@ -27,7 +27,7 @@ import (
 func subscribe(t *testing.T, addr string, l *Ledger) {
 	t.Helper()
 	id := fmt.Sprintf("ledger-%d", time.Now().UnixNano())
-	opts := mqtt.NewClientOptions().AddBroker("tcp://"+addr).SetClientID(id).
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
 		SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).
 		SetConnectRetry(true).SetConnectRetryInterval(100 * time.Millisecond).
 		SetKeepAlive(30 * time.Second).SetResumeSubs(true)
@@ -214,7 +214,7 @@ func (lf *leaf) topic(id string) string {
 // runPaho is one paho connection: publish with a window until ctx is done
 // or the connection ends, then wait for the answers in flight.
 func (lf *leaf) runPaho(ctx context.Context) {
-	opts := mqtt.NewClientOptions().AddBroker("tcp://"+lf.hub).SetClientID(lf.id).
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + lf.hub).SetClientID(lf.id).
 		SetUsername(lf.id).SetPassword(password(lf.id)).SetCleanSession(true).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2 * time.Second).
 		SetKeepAlive(10 * time.Second).SetOrderMatters(false).SetWriteTimeout(5 * time.Second)
@@ -291,7 +291,7 @@ func (lf *leaf) runMosq(ctx context.Context) {
 	}
 
 	var mu sync.Mutex
-	var written []string        // lines written and not yet sent, in order
+	var written []string         // lines written and not yet sent, in order
 	inflight := map[int]string{} // packet id -> ledger id
 	connected := make(chan struct{})
 	var once sync.Once
