@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -60,6 +61,12 @@ func Acquire(rawURL string, log *slog.Logger) (*Bus, error) {
 }
 
 func acquire(s busSpec, log *slog.Logger) (*Bus, error) {
+	if s.serial() {
+		// /dev/serial/by-id/... and /dev/ttyUSB0 are one port, so one bus.
+		if p, err := filepath.EvalSymlinks(s.addr); err == nil {
+			s.addr = p
+		}
+	}
 	registry.mu.Lock()
 	defer registry.mu.Unlock()
 	if registry.buses == nil {

@@ -2,6 +2,8 @@ package modbus
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -201,4 +203,22 @@ func TestBusConflict(t *testing.T) {
 		t.Error("two devices on one port got two buses")
 	}
 	b.Release()
+	// A symlink to the port (as in /dev/serial/by-id) is the same bus.
+	dir := t.TempDir()
+	if err := os.Symlink("/dev/null", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	x, err := Acquire("rtu:///dev/null", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Release()
+	y, err := Acquire("rtu://"+filepath.Join(dir, "link"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Release()
+	if x != y {
+		t.Error("a symlink to a port got its own bus")
+	}
 }

@@ -70,8 +70,7 @@ type Device struct {
 	cfg *device
 	log *slog.Logger
 
-	// poll state, owned by Run's goroutine; cuts and plans also by Apply
-	// under mu.
+	// mu guards the remembered cuts and the plans made with them.
 	mu    sync.Mutex
 	cuts  cuts
 	plans map[string][]request
