@@ -189,7 +189,7 @@ func (l *ledger) execute(ctx context.Context, c store.Command) error {
 	if d := l.g.device(c.Device); d != nil {
 		return l.executeAdapter(ctx, c, d)
 	}
-	if l.g.hub != nil && l.g.hub.IsLeaf(c.Device) {
+	if l.g.isLeaf(c.Device) {
 		return l.executeLeaf(ctx, c)
 	}
 	return l.finish(ctx, c, msg.Result{Status: msg.StatusRejected, Error: fmt.Sprintf("no device %q on this gateway", c.Device)})
@@ -272,7 +272,16 @@ func (l *ledger) executeLeaf(ctx context.Context, c store.Command) error {
 		props = props.Set(msg.PropExpiry, c.Deadline.UTC().Format(time.RFC3339Nano))
 	}
 	done := make(chan error, 1)
-	if err := l.g.hub.Deliver(c.Device, props, c.Payload, func(err error) { done <- err }); err != nil {
+	h := l.g.hub()
+	for h == nil { // the hub cannot listen yet: wait for it
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+		h = l.g.hub()
+	}
+	if err := h.Deliver(c.Device, props, c.Payload, func(err error) { done <- err }); err != nil {
 		return l.finish(ctx, c, msg.Result{Status: msg.StatusRejected, Error: err.Error()})
 	}
 	select {

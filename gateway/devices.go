@@ -159,8 +159,51 @@ func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
 	e.dev.mu.Lock()
 	e.dev.last, e.dev.lastErr = rs[len(rs)-1], ""
 	e.dev.mu.Unlock()
-	for _, r := range recs {
-		_ = e.g.hub.Publish(r) // observers only; the record is already safe
+	if h := e.g.hub(); h != nil {
+		for _, r := range recs {
+			_ = h.Publish(r) // observers only; the record is already safe
+		}
 	}
 	return nil
+}
+
+// linkObserver is the optional adapter interface that wants the upstream
+// link state (a GPIO output's failsafe, for one).
+type linkObserver interface {
+	SetLinkState(up bool, since time.Time)
+}
+
+// watchLink tells link-observing adapters when the cloud link goes up or
+// down, checking once a second, and tells every newly started one at once.
+func (g *Gateway) watchLink(ctx context.Context) {
+	type seen struct {
+		up    bool
+		since time.Time
+	}
+	told := map[*device]seen{}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		st := g.link.Status()
+		now := seen{st.Connected, st.Since}
+		next := map[*device]seen{} // only devices still running
+		for _, d := range g.deviceList() {
+			lo, ok := d.src.(linkObserver)
+			if !ok {
+				continue
+			}
+			prev, ok := told[d]
+			if !ok || prev.up != now.up {
+				lo.SetLinkState(now.up, now.since)
+				prev = now
+			}
+			next[d] = prev
+		}
+		told = next
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -34,7 +34,7 @@ type Gateway struct {
 	log *slog.Logger
 
 	queue  *store.Queue
-	hub    *hub.Hub
+	hubPtr atomic.Pointer[hub.Hub] // nil while the hub cannot listen
 	link   *cloudlink.Session
 	ledger *ledger
 	http   *http.Server
@@ -84,20 +84,16 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		g.log.Error("store was corrupt: moved aside, running on a fresh store", "quarantine", dir)
 	}
 
-	h, err := hub.New(g.hubOptions(), q)
-	if err != nil {
-		return fmt.Errorf("gateway: %w", err)
-	}
-	if err := h.Start(); err != nil {
-		return fmt.Errorf("gateway: %w", err)
-	}
-	g.hub = h
-	defer h.Close()
-
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel (deferred calls run last-in first-out)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+
+	// The hub: a listener that cannot bind (a port taken by another
+	// broker) does not stop the gateway; it keeps storing and forwarding
+	// adapter data, reports 503 on /healthz, and retries the hub.
+	hubUp := g.startHub(q)
+	wg.Go(func() { g.superviseHub(ctx, q, hubUp) })
 
 	g.ledger = newLedger(g, q, g.cfg.Commands.TTL)
 	if err := g.startHTTP(ctx, &wg); err != nil {
@@ -141,6 +137,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	if g.link != nil {
+		wg.Go(func() { g.watchLink(ctx) })
+	}
 	wg.Go(func() {
 		if err := g.ledger.run(ctx); err != nil {
 			g.fail("commands", err)
@@ -149,7 +148,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	})
 
 	close(g.ready)
-	g.log.Info("gateway ready", "id", g.cfg.Gateway.ID, "hub", h.Addr(), "http", g.HTTPAddr(),
+	g.log.Info("gateway ready", "id", g.cfg.Gateway.ID, "hub", g.HubAddr(), "http", g.HTTPAddr(),
 		"cloud", string(g.cfg.Cloud.Protocol), "devices", len(g.cfg.Devices))
 	<-ctx.Done()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -234,12 +233,68 @@ func (g *Gateway) HTTPAddr() string {
 	return s
 }
 
-// HubAddr is the bound plain MQTT address of the local hub.
+// HubAddr is the bound plain MQTT address of the local hub ("" while it
+// is not listening).
 func (g *Gateway) HubAddr() string {
-	if g.hub == nil {
-		return ""
+	if h := g.hub(); h != nil {
+		return h.Addr()
 	}
-	return g.hub.Addr()
+	return ""
+}
+
+// hub returns the running local hub, or nil while it cannot listen.
+func (g *Gateway) hub() *hub.Hub { return g.hubPtr.Load() }
+
+// isLeaf reports whether id is a configured MQTT client of the hub.
+func (g *Gateway) isLeaf(id string) bool {
+	for _, c := range g.cfg.Hub.Clients {
+		if c.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// startHub makes one attempt to start the hub; it reports whether it runs.
+func (g *Gateway) startHub(q *store.Queue) bool {
+	h, err := hub.New(g.hubOptions(), q)
+	if err == nil {
+		if err = h.Start(); err != nil {
+			_ = h.Close()
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err != nil {
+		if _, was := g.failed["hub"]; !was {
+			g.log.Error("local hub cannot start; retrying", "err", err)
+		}
+		g.failed["hub"] = err
+		return false
+	}
+	if _, was := g.failed["hub"]; was {
+		g.log.Info("local hub started after failing")
+		delete(g.failed, "hub")
+	}
+	g.hubPtr.Store(h)
+	return true
+}
+
+// superviseHub retries a hub that could not start, with back-off, and
+// closes the running hub when ctx is done.
+func (g *Gateway) superviseHub(ctx context.Context, q *store.Queue, up bool) {
+	backoff := time.Second
+	for !up {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+		up = g.startHub(q)
+	}
+	<-ctx.Done()
+	_ = g.hub().Close()
 }
 
 func (g *Gateway) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {

@@ -34,9 +34,7 @@ type Status struct {
 // Ready is closed.
 func (g *Gateway) Status() Status {
 	s := Status{ID: g.cfg.Gateway.ID, Produced: g.produced.Load(), Stored: g.stored.Load()}
-	if g.hub != nil {
-		s.Hub = g.hub.Addr()
-	}
+	s.Hub = g.HubAddr()
 	if g.queue != nil {
 		s.Queue = g.queue.Stats()
 	}
@@ -108,7 +106,7 @@ func (g *Gateway) routes() http.Handler {
 // once the command is durably accepted, 200 for a duplicate id.
 func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
 	device := r.PathValue("id")
-	if g.device(device) == nil && (g.hub == nil || !g.hub.IsLeaf(device)) {
+	if g.device(device) == nil && !g.isLeaf(device) {
 		http.Error(w, fmt.Sprintf("no device %q on this gateway", device), http.StatusNotFound)
 		return
 	}

@@ -71,8 +71,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	m(dHealthy, prometheus.GaugeValue, b(len(g.problems()) == 0))
 	m(dProduced, prometheus.CounterValue, float64(g.produced.Load()))
 	m(dStored, prometheus.CounterValue, float64(g.stored.Load()))
-	if g.hub != nil {
-		h := g.hub.Stats()
+	if hb := g.hub(); hb != nil {
+		h := hb.Stats()
 		m(dHubConnected, prometheus.GaugeValue, float64(h.Connected))
 		m(dHubReceived, prometheus.CounterValue, float64(h.Received))
 		m(dHubStored, prometheus.CounterValue, float64(h.Stored))
