@@ -139,7 +139,9 @@ func TestHealthzQuarantine(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.proc = peertest.Start(t, exec.Command(bin, "run", "-c", g.cfgPath), nil)
-	st := g.waitStatusSoft(10*time.Second, func(st gateway.Status) bool { return len(st.Problems) > 0 && !strings.Contains(strings.Join(st.Problems, ""), "starting") })
+	st := g.waitStatusSoft(10*time.Second, func(st gateway.Status) bool {
+		return len(st.Problems) > 0 && !strings.Contains(strings.Join(st.Problems, ""), "starting")
+	})
 	if st.Healthy || !strings.Contains(strings.Join(st.Problems, " "), "quarantine") {
 		t.Fatalf("status after corruption = %+v, want unhealthy naming the quarantine", st)
 	}
