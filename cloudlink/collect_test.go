@@ -3,6 +3,8 @@ package cloudlink
 import (
 	"crypto/tls"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -92,6 +94,17 @@ func (col *collector) handle(_ paho.Client, m paho.Message) {
 	col.got = append(col.got, d)
 }
 
+// forgetSubscriptions drops (re)subscription events seen so far.
+func (col *collector) forgetSubscriptions() {
+	for {
+		select {
+		case <-col.subs:
+		default:
+			return
+		}
+	}
+}
+
 // waitSubscribed waits for the next (re)subscription, after a broker restart.
 func (col *collector) waitSubscribed(timeout time.Duration) {
 	col.t.Helper()
@@ -105,18 +118,32 @@ func (col *collector) waitSubscribed(timeout time.Duration) {
 // waitUnique waits until n distinct $.mid values have arrived.
 func (col *collector) waitUnique(n int, timeout time.Duration) {
 	col.t.Helper()
+	if !col.settle(n, timeout) {
+		col.t.Errorf("collector: %d of %d distinct messages after %v", len(col.seenCount()), n, timeout)
+	}
+}
+
+func (col *collector) seenCount() map[string]bool {
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return maps.Clone(col.seen)
+}
+
+// settle waits until n distinct $.mid values have arrived or timeout passed,
+// and reports whether they did.
+func (col *collector) settle(n int, timeout time.Duration) bool {
 	deadline := time.After(timeout)
 	for {
 		col.mu.Lock()
 		have, w := len(col.seen), col.wake
 		col.mu.Unlock()
 		if have >= n {
-			return
+			return true
 		}
 		select {
 		case <-w:
 		case <-deadline:
-			col.t.Fatalf("collector: %d of %d distinct messages after %v", have, n, timeout)
+			return false
 		}
 	}
 }
@@ -132,6 +159,22 @@ func (col *collector) snapshot() ([]delivery, int) {
 // (strict is false for live-first runs, where only no-loss is checked), and
 // that payloads are the ones appended. It returns the duplicate count.
 func (col *collector) verify(want map[string][]uint64, payloads map[uint64]string, strict bool) int {
+	col.t.Helper()
+	lost, dups := col.check(want, payloads, strict)
+	for i, s := range lost {
+		if i == 10 {
+			break
+		}
+		col.t.Logf("lost: seq %d", s)
+	}
+	if len(lost) > 0 {
+		col.t.Errorf("%d messages lost", len(lost))
+	}
+	return dups
+}
+
+// check is verify without failing on loss: it returns the lost seqs.
+func (col *collector) check(want map[string][]uint64, payloads map[uint64]string, strict bool) (lost []uint64, dups int) {
 	col.t.Helper()
 	got, dups := col.snapshot()
 	col.mu.Lock()
@@ -154,12 +197,11 @@ func (col *collector) verify(want map[string][]uint64, payloads map[uint64]strin
 			col.t.Errorf("seq %d: payload %q, want %q", d.seq, d.payload, p)
 		}
 	}
-	lost := 0
 	for dev, seqs := range want {
 		for _, s := range seqs {
 			d, ok := first[s]
 			if !ok {
-				lost++
+				lost = append(lost, s)
 				continue
 			}
 			if d.device != dev {
@@ -167,8 +209,6 @@ func (col *collector) verify(want map[string][]uint64, payloads map[uint64]strin
 			}
 		}
 	}
-	if lost > 0 {
-		col.t.Errorf("%d messages lost", lost)
-	}
-	return dups
+	slices.Sort(lost)
+	return lost, dups
 }

@@ -69,7 +69,9 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 		SetKeepAlive(s.opt.KeepAlive).
 		SetPingTimeout(max(s.opt.KeepAlive/2, time.Second)).
 		SetConnectTimeout(max(2*s.opt.KeepAlive, 10*time.Second)).
-		SetWriteTimeout(max(s.opt.KeepAlive, 10*time.Second)).
+		// Bounds a network write, and how long Publish blocks when the
+		// connection died under it.
+		SetWriteTimeout(min(max(s.opt.KeepAlive, 2*time.Second), 10*time.Second)).
 		SetProtocolVersion(4).
 		// Inbound C2D is acknowledged by us, after Inbox, in receive order:
 		// OrderMatters keeps paho's handler calls in receive order and the

@@ -16,14 +16,17 @@ import (
 // an acker goroutine awaits the PUBACKs in publish order and acks the store
 // in batches. Slots bound the publishes awaiting a PUBACK to MaxInflight.
 type forwarder struct {
-	s       *Session
-	c       paho.Client
-	slots   chan struct{} // one token per publish in flight
-	pending chan *pub     // published, awaiting PUBACK, in publish order
+	s     *Session
+	c     paho.Client
+	slots chan struct{} // one token per publish in flight
+	// backlogSlots is the backlog stream's share of slots (live-first).
+	backlogSlots chan struct{}
+	pending      chan *pub // published, awaiting PUBACK, in publish order
 
 	mu     sync.Mutex
 	leased map[uint64]struct{} // leased from the store and not yet acked or rejected
 	serr   error               // the first store error
+	closed bool                // releaseAll ran: nothing may be held any more
 	sent   int                 // publishes on this connection
 	start  time.Time
 }
@@ -38,21 +41,43 @@ type pub struct {
 func newForwarder(s *Session, c paho.Client) *forwarder {
 	n := s.opt.MaxInflight
 	return &forwarder{s: s, c: c, slots: make(chan struct{}, n), pending: make(chan *pub, n),
-		leased: make(map[uint64]struct{}), start: time.Now()}
+		backlogSlots: make(chan struct{}, max(n*3/4, 1)),
+		leased:       make(map[uint64]struct{}), start: time.Now()}
 }
 
 // run forwards until ctx is done (returns nil) or the connection or store
-// fails (returns why).
+// fails (returns why). It waits for the acker, but not for a leaser stuck in
+// paho's Publish after the connection died (that call only returns after
+// paho's write timeout): the leaser cleans up after itself (see hold) and
+// Session.Run waits for it before returning.
 func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) error {
-	errc := make(chan error, 2)
-	go func() { errc <- f.ack(ctx) }()
-	go func() { errc <- f.lease(ctx) }()
-	err := <-errc
-	if err != nil {
-		cancel(err)
-	}
-	if err2 := <-errc; err == nil {
-		err = err2
+	ackc, leasec := make(chan error, 1), make(chan error, 1)
+	go func() { ackc <- f.ack(ctx) }()
+	f.s.wg.Add(1)
+	go func() {
+		defer f.s.wg.Done()
+		leasec <- f.lease(ctx)
+	}()
+	var err error
+	select {
+	case err = <-ackc:
+		if err != nil {
+			cancel(err)
+		}
+		select {
+		case lerr := <-leasec:
+			if err == nil {
+				err = lerr
+			}
+		default:
+		}
+	case err = <-leasec:
+		if err != nil {
+			cancel(err)
+		}
+		if aerr := <-ackc; err == nil {
+			err = aerr
+		}
 	}
 	return err
 }
@@ -83,36 +108,6 @@ func (f *forwarder) free(n int) {
 	}
 }
 
-// lease is the leaser goroutine: plain queue order (see live.go for live-first).
-func (f *forwarder) lease(ctx context.Context) error {
-	plan := f.s.newPlan()
-	for {
-		n := f.acquire(ctx, f.s.opt.MaxInflight)
-		if n == 0 {
-			return nil
-		}
-		recs, src, err := plan.next(ctx, n)
-		if err != nil {
-			f.free(n)
-			if ctx.Err() != nil {
-				return nil
-			}
-			return f.storeFail("lease", err)
-		}
-		f.free(n - len(recs))
-		f.mu.Lock()
-		for _, r := range recs {
-			f.leased[r.Seq] = struct{}{}
-		}
-		f.mu.Unlock()
-		for _, r := range recs {
-			if err := f.publish(ctx, r, src); err != nil {
-				return err
-			}
-		}
-	}
-}
-
 func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) error {
 	if limit := f.s.opt.MaxMessageBytes; limit > 0 && r.Size() > limit {
 		reason := fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
@@ -120,7 +115,7 @@ func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) err
 			return f.storeFail("reject", err)
 		}
 		f.forget(r.Seq)
-		f.free(1)
+		f.freeOne(src)
 		f.s.update(func(st *Status) { st.Rejected++ })
 		f.s.log.Warn("record rejected to dead letters", "seq", r.Seq, "device", r.Device, "mid", r.ID, "reason", reason)
 		return nil
@@ -198,8 +193,18 @@ func (f *forwarder) ack(ctx context.Context) error {
 			delete(f.leased, seq)
 		}
 		f.mu.Unlock()
-		f.free(len(batch))
+		for _, src := range srcs {
+			f.freeOne(src)
+		}
 		f.s.acked(len(batch), srcs)
+	}
+}
+
+// freeOne frees the slot(s) a record from src held.
+func (f *forwarder) freeOne(src *source) {
+	<-f.slots
+	if src == srcBacklog {
+		<-f.backlogSlots
 	}
 }
 
@@ -225,17 +230,22 @@ func (f *forwarder) storeErr() error {
 	return f.serr
 }
 
-// releaseAll returns every record still leased to the store, after both
-// goroutines have stopped. They go again on the next connection, with the
-// same $.mid.
+// releaseAll returns every record still leased to the store, once the acker
+// has stopped. They go again on the next connection, with the same $.mid.
+// Records a straggling leaser leases afterwards are released by hold.
 func (f *forwarder) releaseAll() {
 	f.mu.Lock()
+	f.closed = true
 	seqs := make([]uint64, 0, len(f.leased))
 	for seq := range f.leased {
 		seqs = append(seqs, seq)
 	}
 	clear(f.leased)
 	f.mu.Unlock()
+	f.release(seqs)
+}
+
+func (f *forwarder) release(seqs []uint64) {
 	if len(seqs) == 0 {
 		return
 	}

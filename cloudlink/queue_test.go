@@ -17,7 +17,10 @@ type memQueue struct {
 	mu       sync.Mutex
 	wake     chan struct{} // closed and replaced on every change
 	recs     map[uint64]*msg.Record
-	ready    []uint64 // unleased, sorted
+	order    []uint64       // every seq appended, ascending
+	pos      int            // order[:pos] were handed out (leased, acked, ...)
+	released []uint64       // released seqs (all < order[pos]), ascending
+	live     map[uint64]int // LeaseAfter cursor per after value
 	leased   map[uint64]bool
 	dead     map[uint64]string
 	next     uint64
@@ -30,7 +33,7 @@ type memQueue struct {
 var errQueueClosed = errors.New("memqueue: closed")
 
 func newMemQueue() *memQueue {
-	return &memQueue{wake: make(chan struct{}), recs: map[uint64]*msg.Record{}, leased: map[uint64]bool{}, dead: map[uint64]string{}}
+	return &memQueue{wake: make(chan struct{}), recs: map[uint64]*msg.Record{}, leased: map[uint64]bool{}, dead: map[uint64]string{}, live: map[uint64]int{}}
 }
 
 func (q *memQueue) signal() {
@@ -46,7 +49,7 @@ func (q *memQueue) Append(device string, payload []byte, props ...msg.Prop) uint
 	r := &msg.Record{Seq: q.next, ID: fmt.Sprintf("mid-%d", q.next), Device: device, Priority: msg.Normal,
 		Props: slices.Clone(msg.Props(props)), Payload: payload, Enqueued: time.Now()}
 	q.recs[r.Seq] = r
-	q.ready = append(q.ready, r.Seq)
+	q.order = append(q.order, r.Seq)
 	q.signal()
 	return r.Seq
 }
@@ -58,14 +61,22 @@ func (q *memQueue) Lease(ctx context.Context, max int) ([]*msg.Record, error) {
 			q.mu.Unlock()
 			return nil, errQueueClosed
 		}
-		if len(q.ready) > 0 {
-			n := min(max, len(q.ready))
-			out := make([]*msg.Record, n)
-			for i, seq := range q.ready[:n] {
-				out[i] = q.recs[seq]
+		var out []*msg.Record
+		for len(out) < max && len(q.released) > 0 {
+			seq := q.released[0]
+			q.released = q.released[1:]
+			out = append(out, q.recs[seq])
+			q.leased[seq] = true
+		}
+		for len(out) < max && q.pos < len(q.order) {
+			seq := q.order[q.pos]
+			q.pos++
+			if r, ok := q.recs[seq]; ok && !q.leased[seq] {
+				out = append(out, r)
 				q.leased[seq] = true
 			}
-			q.ready = slices.Delete(q.ready, 0, n)
+		}
+		if len(out) > 0 {
 			q.mu.Unlock()
 			return out, nil
 		}
@@ -77,6 +88,61 @@ func (q *memQueue) Lease(ctx context.Context, max int) ([]*msg.Record, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// LeaseAfter leases like Lease, only records with Seq > after.
+func (q *memQueue) LeaseAfter(ctx context.Context, after uint64, max int) ([]*msg.Record, error) {
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return nil, errQueueClosed
+		}
+		var out []*msg.Record
+		for _, seq := range q.released {
+			if len(out) == max {
+				break
+			}
+			if seq > after {
+				out = append(out, q.recs[seq])
+			}
+		}
+		for _, r := range out {
+			q.leased[r.Seq] = true
+			i, _ := slices.BinarySearch(q.released, r.Seq)
+			q.released = slices.Delete(q.released, i, i+1)
+		}
+		i, ok := q.live[after]
+		if !ok {
+			i, _ = slices.BinarySearch(q.order, after+1)
+		}
+		for ; len(out) < max && i < len(q.order); i++ {
+			seq := q.order[i]
+			if r, ok := q.recs[seq]; ok && !q.leased[seq] && i >= q.pos {
+				out = append(out, r)
+				q.leased[seq] = true
+			}
+		}
+		q.live[after] = i
+		if len(out) > 0 {
+			q.mu.Unlock()
+			return out, nil
+		}
+		w := q.wake
+		q.mu.Unlock()
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// LastSeq is the last seq appended.
+func (q *memQueue) LastSeq() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.next
 }
 
 func (q *memQueue) Ack(seqs ...uint64) error {
@@ -105,8 +171,11 @@ func (q *memQueue) Release(seqs ...uint64) error {
 			return fmt.Errorf("memqueue: release of %d, which is not leased", s)
 		}
 		delete(q.leased, s)
-		i, _ := slices.BinarySearch(q.ready, s)
-		q.ready = slices.Insert(q.ready, i, s)
+		if q.pos < len(q.order) && s >= q.order[q.pos] {
+			continue // leased by LeaseAfter ahead of the cursor: Lease finds it there
+		}
+		i, _ := slices.BinarySearch(q.released, s)
+		q.released = slices.Insert(q.released, i, s)
 		q.releases++
 	}
 	q.signal()

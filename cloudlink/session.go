@@ -23,8 +23,11 @@ type Session struct {
 	mu sync.Mutex
 	st Status
 
-	dedupe *recentIDs
-	rng    func() float64 // [0,1); replaced in tests
+	drainMu sync.Mutex
+	drain   drain // guarded by drainMu
+	dedupe  *recentIDs
+	wg      sync.WaitGroup // leasers that may outlive their connection briefly
+	rng     func() float64 // [0,1); replaced in tests
 }
 
 // Status is a snapshot of a session's state.
@@ -102,9 +105,14 @@ func New(opt Options, q queue) (*Session, error) {
 
 // Status returns a snapshot of the session's state.
 func (s *Session) Status() Status {
+	s.drainMu.Lock()
+	d := s.drainStatus()
+	s.drainMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.st
+	st := s.st
+	st.Drain = d
+	return st
 }
 
 func (s *Session) update(f func(*Status)) {
@@ -119,6 +127,7 @@ func (s *Session) update(f func(*Status)) {
 // queue fails (a store error is not an outage and cannot be waited out).
 // Records leased and not yet acknowledged when Run returns are released.
 func (s *Session) Run(ctx context.Context) error {
+	defer s.wg.Wait()
 	if s.opt.Protocol == ProtocolNone {
 		s.log.Info("cloud link disabled; buffering only")
 		<-ctx.Done()
