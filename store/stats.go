@@ -41,6 +41,9 @@ type Stats struct {
 	GapOut Gap `json:"gap_out"` // taken, waiting for AckGap
 
 	Quarantined string `json:"quarantined,omitempty"` // see Queue.Quarantined
+	// Damaged is set when the background checksum pass found damaged
+	// blocks after open (the store keeps running on what is readable).
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // Stats returns a snapshot. It reads the head of each class from disk to find
@@ -53,7 +56,7 @@ func (q *Queue) Stats() Stats {
 		Leased: len(q.leased), NextSeq: m.NextSeq,
 		Appends: m.Appends, Acks: m.Acks, Dropped: m.Dropped, Expired: m.Expired,
 		Dead: m.Dead, DeadDepth: m.DeadDepth, DeadDropped: m.DeadDropped,
-		Gap: m.Gap, GapOut: m.GapOut, Quarantined: q.quarantined,
+		Gap: m.Gap, GapOut: m.GapOut, Quarantined: q.quarantined, Damaged: q.damaged,
 	}
 	var from [msg.NumPriorities]uint64
 	for c := range m.Classes {
@@ -94,6 +97,7 @@ type metrics struct {
 	batchOps      prometheus.Histogram
 	diskLow       prometheus.Counter
 	quarantined   prometheus.Gauge
+	damaged       prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -116,6 +120,10 @@ func newMetrics() *metrics {
 			Name: "outpost_store_quarantined",
 			Help: "1 if a damaged store was moved aside at open.",
 		}),
+		damaged: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_store_damaged",
+			Help: "1 if the checksum pass after open found damaged blocks.",
+		}),
 	}
 }
 
@@ -123,9 +131,9 @@ func newMetrics() *metrics {
 // _bytes and _max_bytes (by class), _oldest_age_seconds, _leased, the
 // counters _appends_total, _acks_total, _dropped_total, _expired_total,
 // _dead_total, _dead_depth, the commit-latency and batch-size histograms,
-// _disk_low_total and _quarantined.
+// _disk_low_total, _quarantined and _damaged.
 func (q *Queue) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{statsCollector{q}, q.met.commitSeconds, q.met.batchOps, q.met.diskLow, q.met.quarantined}
+	return []prometheus.Collector{statsCollector{q}, q.met.commitSeconds, q.met.batchOps, q.met.diskLow, q.met.quarantined, q.met.damaged}
 }
 
 var (

@@ -100,6 +100,12 @@ type Options struct {
 	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
 	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
 
+	// Verify checks every block's checksum in the background after open
+	// (see Stats.Damaged). It reads the whole store once: on a Pi with a
+	// large backlog that is minutes of SD-card reads, and the mapped pages
+	// count in the RSS until the kernel reclaims them.
+	Verify bool
+
 	// Now is the clock for enqueue times, TTL and retention (nil =
 	// time.Now); tests move it.
 	Now func() time.Time
@@ -199,6 +205,7 @@ type Queue struct {
 	pendingDel map[uint64]msg.Priority
 	avail      chan struct{} // closed and replaced when records may be leasable
 	pub        meta          // last committed meta
+	damaged    string        // what verifyLoop found
 
 	met *metrics
 }
@@ -285,7 +292,11 @@ func isDamage(err error) bool {
 }
 
 func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
-	db, err := openBadger(opt.badger(dir, readOnly))
+	bo := opt.badger(dir, readOnly)
+	if err := precheck(dir, bo); err != nil {
+		return nil, err
+	}
+	db, err := openBadger(bo)
 	if err != nil {
 		return nil, err
 	}
@@ -306,6 +317,10 @@ func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
 		db.Close()
 		return nil, err
 	}
+	if err := checkClean(dir, q.m, readOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
 	for c := range q.cls {
 		q.cls[c].cursor = q.m.Classes[c].Head
 	}
@@ -314,6 +329,10 @@ func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
 		q.bg.Add(2)
 		go q.writeLoop()
 		go q.gcLoop()
+		if opt.Verify {
+			q.bg.Add(1)
+			go q.verifyLoop()
+		}
 	}
 	return q, nil
 }
@@ -327,6 +346,12 @@ func openBadger(bo badger.Options) (db *badger.DB, err error) {
 	}()
 	db, err = badger.Open(bo)
 	if err != nil {
+		if db != nil { // some failures return a half-open DB with goroutines running
+			func() {
+				defer func() { recover() }()
+				db.Close()
+			}()
+		}
 		return nil, fmt.Errorf("store: open %s: %w", bo.Dir, err)
 	}
 	return db, nil
@@ -433,6 +458,9 @@ func (q *Queue) Close() error {
 		q.wmu.Unlock()
 		q.bg.Wait()
 		q.closeErr = q.db.Close()
+		if q.closeErr == nil && !q.readOnly {
+			q.closeErr = writeClean(q.dir, q.m)
+		}
 	})
 	return q.closeErr
 }

@@ -1,0 +1,193 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/badger/v4/table"
+	"github.com/dgraph-io/ristretto/v2/z"
+)
+
+// precheck looks for damage Badger would not report as an error: it opens
+// every table file the way Badger will, but on this goroutine, so that a
+// damaged table is an error here instead of a panic on one of Badger's
+// table-opening goroutines (which no recover can catch: a crash loop); and it
+// compares the tables on disk with the MANIFEST, since Badger deletes table
+// files the MANIFEST does not list. A table newer than every listed one is
+// the normal leftover of a crash during a flush (its records are still in
+// the write-ahead log); an older unlisted one means the MANIFEST lost
+// changes. Each table's index (checksummed) and first and last blocks are
+// read; damage elsewhere in a table is found only when read (Options.Verify).
+func precheck(dir string, bo badger.Options) error {
+	names, err := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if err != nil || len(names) == 0 {
+		return err
+	}
+	f, err := os.Open(filepath.Join(dir, "MANIFEST"))
+	if err != nil {
+		return fmt.Errorf("%w: %d tables but no MANIFEST: %v", errDamaged, len(names), err)
+	}
+	m, _, err := replayManifest(f, bo)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("%w: MANIFEST: %v", errDamaged, err)
+	}
+	var newest uint64
+	for id := range m.Tables {
+		newest = max(newest, id)
+	}
+	for _, name := range names {
+		id, ok := table.ParseFileID(filepath.Base(name))
+		if !ok {
+			continue
+		}
+		tm, listed := m.Tables[id]
+		if !listed {
+			if id < newest {
+				return fmt.Errorf("%w: table %s is not in the MANIFEST", errDamaged, filepath.Base(name))
+			}
+			continue
+		}
+		if err := checkTable(name, tm.Compression); err != nil {
+			return fmt.Errorf("%w: table %s: %v", errDamaged, filepath.Base(name), err)
+		}
+	}
+	return nil
+}
+
+func replayManifest(f *os.File, bo badger.Options) (m badger.Manifest, off int64, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return badger.ReplayManifestFile(f, bo.ExternalMagicVersion, bo)
+}
+
+func checkTable(name string, c options.CompressionType) (err error) {
+	mf, err := z.OpenMmapFile(name, os.O_RDONLY, 0)
+	if err != nil && !errors.Is(err, z.NewFile) {
+		return err
+	}
+	opened := false
+	defer func() {
+		if p := recover(); p != nil {
+			msg := fmt.Sprint(p)
+			if i := strings.IndexByte(msg, '\n'); i >= 0 {
+				msg = msg[:i]
+			}
+			err = fmt.Errorf("panic while opening: %s", strings.TrimSpace(msg))
+			if !opened {
+				mf.Close(-1)
+			}
+		}
+	}()
+	t, err := table.OpenTable(mf, table.Options{ChkMode: options.OnBlockRead, BlockSize: 4 << 10, Compression: c})
+	if err != nil {
+		return err // OpenTable closed mf
+	}
+	opened = true
+	return t.MmapFile.Close(-1)
+}
+
+// verifyLoop checks every table block's checksum once after open, in the
+// background (Options.Verify). Damage is logged at error level and reported
+// in Stats.Damaged and the outpost_store_damaged gauge; the readable records
+// keep flowing.
+func (q *Queue) verifyLoop() {
+	defer q.bg.Done()
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil { // Badger dereferences a nil block on some damage
+				err = fmt.Errorf("%w: checksum pass panicked: %v", errDamaged, p)
+			}
+		}()
+		return q.db.VerifyChecksum()
+	}()
+	if err == nil || q.closed.Load() || errors.Is(err, badger.ErrDBClosed) {
+		return
+	}
+	q.log.Error("store: damaged blocks found; records in them cannot be sent", "error", err)
+	q.mu.Lock()
+	q.damaged = err.Error()
+	q.mu.Unlock()
+	q.met.damaged.Set(1)
+}
+
+// The clean-close mark: Close writes the last sequence numbers to
+// queue/CLEAN; Open compares them with what Badger recovered and removes the
+// mark before writing anything. A store that was closed cleanly and now
+// remembers less (Badger drops what a damaged MANIFEST no longer lists, and
+// a damaged write-ahead log is cut at the damage) has lost acknowledged
+// data: that is damage, and the store is quarantined rather than silently
+// running on with a hole. After a crash there is no mark and Badger's
+// recovery is trusted.
+const cleanFile = "CLEAN"
+
+type cleanMark struct {
+	NextSeq uint64 `json:"next_seq"`
+	CmdSeq  uint64 `json:"cmd_seq"`
+}
+
+func writeClean(dir string, m meta) error {
+	b, _ := json.Marshal(cleanMark{m.NextSeq, m.CmdSeq})
+	f, err := os.Create(filepath.Join(dir, cleanFile))
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+func checkClean(dir string, m meta, readOnly bool) error {
+	path := filepath.Join(dir, cleanFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	var c cleanMark
+	if err := json.Unmarshal(b, &c); err != nil {
+		return fmt.Errorf("%w: clean-close mark %q: %v", errDamaged, b, err)
+	}
+	if c.NextSeq != m.NextSeq || c.CmdSeq != m.CmdSeq {
+		return fmt.Errorf("%w: closed cleanly at seq %d (command %d) but recovered seq %d (command %d): data lost",
+			errDamaged, c.NextSeq, c.CmdSeq, m.NextSeq, m.CmdSeq)
+	}
+	if readOnly {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
