@@ -1,7 +1,8 @@
 // Package sim is a simulated field device for `outpost demo` and tests: a
-// meter whose voltage, current and energy change over time, with a writable
-// setpoint. It needs no hardware and no peer, so the whole gateway can be
-// shown on any machine.
+// meter (like a Modbus energy meter) whose voltage, current and energy
+// change over time, with a writable setpoint; or a sensor (like a serial
+// line sensor) reporting temperature and humidity. It needs no hardware and
+// no peer, so the whole gateway can be shown on any machine.
 package sim
 
 import (
@@ -31,8 +32,9 @@ func init() {
 	})
 }
 
-// Config is a simulated meter's configuration (devices[].sim).
+// Config is a simulated device's configuration (devices[].sim).
 type Config struct {
+	Mode     string        `yaml:"mode"`     // "meter" (default) or "sensor"
 	Interval time.Duration `yaml:"interval"` // time between readings (default 1s)
 	Setpoint float64       `yaml:"setpoint"` // initial value of the writable setpoint
 	// FailEvery makes every Nth poll report a failed "current" point, to
@@ -45,6 +47,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.Interval < 10*time.Millisecond {
 		errs = append(errs, adapters.Errorf("interval", "must be at least 10ms, got %v", c.Interval))
+	}
+	if c.Mode != "" && c.Mode != "meter" && c.Mode != "sensor" {
+		errs = append(errs, adapters.Errorf("mode", "want meter or sensor, got %q", c.Mode))
 	}
 	if c.FailEvery < 0 {
 		errs = append(errs, adapters.Errorf("fail_every", "must not be negative"))
@@ -92,6 +97,12 @@ func (m *Meter) poll(now time.Time) msg.Reading {
 	defer m.mu.Unlock()
 	m.polls++
 	phase := float64(now.UnixMilli()%60000) / 60000 * 2 * math.Pi
+	if m.cfg.Mode == "sensor" {
+		return msg.Reading{Device: m.device, Time: now, Values: map[string]any{
+			"temperature": math.Round((21+1.5*math.Sin(phase))*10) / 10,
+			"humidity":    math.Round((45+5*math.Cos(phase))*10) / 10,
+		}}
+	}
 	voltage := math.Round((230+3*math.Sin(phase))*10) / 10
 	current := math.Round((5+2*math.Sin(phase*3))*100) / 100
 	m.energy += voltage * current * m.cfg.Interval.Hours() / 1000
@@ -108,8 +119,12 @@ func (m *Meter) poll(now time.Time) msg.Reading {
 	return r
 }
 
-// Apply writes the "setpoint" point; any other point is rejected.
+// Apply writes the "setpoint" point; any other point is rejected, and a
+// sensor takes no commands.
 func (m *Meter) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error) {
+	if m.cfg.Mode == "sensor" {
+		return msg.Result{}, fmt.Errorf("sim %s: a sensor takes no commands: %w", m.device, adapters.ErrRejected)
+	}
 	if cmd.Write == nil {
 		return msg.Result{}, fmt.Errorf("sim %s: only write commands: %w", m.device, adapters.ErrRejected)
 	}

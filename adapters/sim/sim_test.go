@@ -51,3 +51,17 @@ func TestWriteSetpointAndErrors(t *testing.T) {
 		t.Errorf("second poll should fail current: %+v", r2)
 	}
 }
+
+func TestSensorMode(t *testing.T) {
+	m := New("s", Config{Mode: "sensor", Interval: 10 * time.Millisecond})
+	r := m.poll(time.Now())
+	if _, ok := r.Values["temperature"]; !ok || len(r.Values) != 2 {
+		t.Errorf("sensor reading = %+v", r)
+	}
+	if _, err := m.Apply(context.Background(), msg.Command{Write: map[string]any{"setpoint": 1.0}}); !errors.Is(err, adapters.ErrRejected) {
+		t.Errorf("sensor Apply = %v, want ErrRejected", err)
+	}
+	if err := (&Config{Mode: "pump", Interval: time.Second}).Validate(); err == nil || !strings.Contains(err.Error(), "mode") {
+		t.Errorf("Validate(mode pump) = %v", err)
+	}
+}

@@ -128,22 +128,26 @@ func TestAuthAndACL(t *testing.T) {
 	}
 }
 
-// `outpost demo --for` exits 0 and reports delivered > 0.
+// `outpost demo --for` exits 0: readings and leaf messages are delivered
+// through an outage of the stand-in cloud with nothing lost, and both
+// command round trips complete.
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	cmd := exec.Command(bin, "demo", "--for", "6s")
+	cmd := exec.Command(bin, "demo", "--for", "10s")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	m := regexp.MustCompile(`(?m)^demo: produced=(\d+) stored=(\d+) delivered=(\d+) queued=(\d+)`).FindStringSubmatch(string(out))
+	m := regexp.MustCompile(`(?m)^demo: produced=(\d+) stored=(\d+) delivered=(\d+) queued=(\d+) lost=(\d+) commands=(\d+)/(\d+)$`).FindStringSubmatch(string(out))
 	if m == nil {
 		t.Fatalf("no final line:\n%s", out)
 	}
-	if m[3] == "0" {
-		t.Fatalf("delivered=0:\n%s", out)
+	if m[3] == "0" || m[5] != "0" || m[6] != m[7] || m[7] == "0" {
+		t.Fatalf("want delivered > 0, lost=0, every command done:\n%s", out)
 	}
-	if !strings.Contains(string(out), "demo:   1s ") {
-		t.Errorf("no live summary line per second:\n%s", out)
+	for _, want := range []string{"demo:   1s ", "stand-in cloud DOWN", "stand-in cloud back", "result upstream: done"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
 	}
 }
