@@ -161,22 +161,58 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "outpost status: bad answer from %s: %v\n", *addr, err)
 		return 1
 	}
+	printStatus(stdout, st)
+	return 0
+}
+
+func printStatus(w io.Writer, st gateway.Status) {
 	health := "healthy"
 	if !st.Healthy {
 		health = "UNHEALTHY: " + strings.Join(st.Problems, "; ")
 	}
-	fmt.Fprintf(stdout, "gateway %s: %s\n", st.ID, health)
-	fmt.Fprintf(stdout, "hub       %s\n", st.Hub)
-	fmt.Fprintf(stdout, "ingest    produced %d, stored %d\n", st.Produced, st.Stored)
-	fmt.Fprintf(stdout, "queue     %d records, %d bytes\n", st.Queue.Depth, st.Queue.Bytes)
-	if st.Link != nil {
+	fmt.Fprintf(w, "gateway   %s: %s\n", st.ID, health)
+	fmt.Fprintf(w, "hub       %s\n", st.Hub)
+	fmt.Fprintf(w, "ingest    %d readings stored of %d produced\n", st.Stored, st.Produced)
+	q := st.Queue
+	fmt.Fprintf(w, "queue     %d records, %d bytes", q.Depth, q.Bytes)
+	if q.Depth > 0 {
+		fmt.Fprintf(w, ", oldest %s", time.Duration(q.OldestAgeSeconds*float64(time.Second)).Round(time.Second))
+	}
+	if q.Dropped+q.Expired+q.Dead > 0 {
+		fmt.Fprintf(w, " (dropped %d, expired %d, dead letters %d)", q.Dropped, q.Expired, q.Dead)
+	}
+	fmt.Fprintln(w)
+	if l := st.Link; l != nil {
 		state := "down"
-		if st.Link.Connected {
+		if l.Connected {
 			state = "up"
 		}
-		fmt.Fprintf(stdout, "link      %s\n", state)
+		fmt.Fprintf(w, "link      %s %s since %s, %d forwarded, %d outages", l.Protocol, state, l.Since.Format(time.RFC3339), l.Forwarded, l.Outages)
+		if l.Drain.Active {
+			fmt.Fprintf(w, ", draining: %d left at %.0f/s, ETA %s", l.Drain.Remaining, l.Drain.Rate, l.Drain.ETA.Round(time.Second))
+		}
+		if !l.Connected && l.LastError != "" {
+			fmt.Fprintf(w, " (%s)", l.LastError)
+		}
+		fmt.Fprintln(w)
 	} else {
-		fmt.Fprintln(stdout, "link      none (buffer only)")
+		fmt.Fprintln(w, "link      none (buffer only)")
 	}
-	return 0
+	for _, d := range st.Devices {
+		seen := "never"
+		if d.LastSeen != nil {
+			seen = time.Since(*d.LastSeen).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(w, "device    %-12s %-7s %-8s last %s, %d readings", d.ID, d.Kind, d.Health, seen, d.Readings)
+		if d.Detail != "" {
+			fmt.Fprintf(w, " (%s)", d.Detail)
+		}
+		fmt.Fprintln(w)
+	}
+	for i, c := range st.Commands {
+		if i == 10 {
+			break
+		}
+		fmt.Fprintf(w, "command   %-20s %-12s %s %s\n", c.ID, c.Device, c.State, c.Error)
+	}
 }

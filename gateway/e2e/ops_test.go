@@ -78,6 +78,21 @@ func TestMetrics(t *testing.T) {
 	if f := fams["outpost_healthy"]; f != nil && f.GetMetric()[0].GetGauge().GetValue() != 1 {
 		t.Errorf("outpost_healthy = %v, want 1", f.GetMetric()[0])
 	}
+
+	// outpost status prints the same picture from the running daemon.
+	out, err := exec.Command(bin, "status", "--http", g.http).CombinedOutput()
+	if err != nil {
+		t.Fatalf("outpost status: %v\n%s", err, out)
+	}
+	for _, re := range []string{`(?m)^gateway\s+gw-e2e: healthy$`, `(?m)^queue\s+\d+ records`, `(?m)^link\s+mqtt up since`,
+		`(?m)^device\s+meter-1\s+sim\s+ok\s+last \S+ ago, \d+ readings$`} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("outpost status lacks %s:\n%s", re, out)
+		}
+	}
+	if out, err := exec.Command(bin, "status", "--http", "127.0.0.1:1").CombinedOutput(); err == nil || !strings.Contains(string(out), "is the daemon running") {
+		t.Errorf("outpost status without a daemon: %v\n%s", err, out)
+	}
 }
 
 // /healthz answers 503 with the reason while the hub cannot listen, and
