@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -43,6 +44,8 @@ func subscribe(t *testing.T, addr string, l *Ledger) {
 	t.Cleanup(func() { c.Disconnect(100) })
 }
 
+var debugLeaves = os.Getenv("OUTPOST_DEBUG_LEAVES") == "1"
+
 // leafKind says which client a leaf runs.
 type leafKind int
 
@@ -69,6 +72,7 @@ type leaf struct {
 	size   int     // payload bytes
 	seq    int     // next sequence number
 	mosq   string  // mosquitto_pub path
+	stdbuf string  // stdbuf path
 
 	conns    atomic.Int64 // connections made (CONNACK 0)
 	connLost atomic.Int64 // paho connections that ended while publishing
@@ -113,9 +117,10 @@ func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 	ctx, cancel := context.WithCancel(context.Background())
 	ls := &leaves{cancel: cancel}
 	window, size := max(s.window, 1), max(s.size, 16)
-	var mosq string
+	var mosq, stdbuf string
 	if s.mosq+s.mosqV5 > 0 {
 		mosq = peertest.Need(t, "mosquitto_pub")
+		stdbuf = peertest.Need(t, "stdbuf")
 	}
 	for _, id := range s.ids() {
 		k := pahoLeaf
@@ -125,7 +130,7 @@ func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 		case strings.HasPrefix(id, "mpub-"):
 			k = mosqLeaf
 		}
-		lf := &leaf{id: id, kind: k, hub: hub, l: l, rate: s.rate, window: window, size: size, seq: 1, mosq: mosq}
+		lf := &leaf{id: id, kind: k, hub: hub, l: l, rate: s.rate, window: window, size: size, seq: 1, mosq: mosq, stdbuf: stdbuf}
 		ls.all = append(ls.all, lf)
 		ls.wg.Go(func() { lf.run(ctx) })
 	}
@@ -147,6 +152,18 @@ func (ls *leaves) acks() int64 {
 		n += lf.acks.Load()
 	}
 	return n
+}
+
+// String summarises each leaf: kind, connections, PUBACKs.
+func (ls *leaves) String() string {
+	var b strings.Builder
+	for i, lf := range ls.all {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s (%s) %d conns %d acks", lf.id, lf.kind, lf.conns.Load(), lf.acks.Load())
+	}
+	return b.String()
 }
 
 // conns is the number of connections the leaves made.
@@ -275,7 +292,9 @@ func (lf *leaf) runMosq(ctx context.Context) {
 	if lf.kind == mosqLeafV5 {
 		args = append(args, "-V", "mqttv5")
 	}
-	cmd := exec.Command(lf.mosq, args...)
+	// mosquitto_pub's -d lines go to stdout, block-buffered into a pipe:
+	// stdbuf makes them line-buffered so answers are seen as they come.
+	cmd := exec.Command(lf.stdbuf, append([]string{"-oL", lf.mosq}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -301,6 +320,9 @@ func (lf *leaf) runMosq(ctx context.Context) {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := sc.Text()
+			if debugLeaves {
+				fmt.Println(lf.id, line)
+			}
 			if m := reSending.FindStringSubmatch(line); m != nil {
 				n, _ := strconv.Atoi(m[1])
 				mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,7 +123,40 @@ func TestMain(m *testing.M) {
 		runChild(dir)
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if fuzzHub != nil {
+		fuzzHub.Close()
+	}
+	if code == 0 {
+		if leaked := hubGoroutines(5 * time.Second); leaked != "" {
+			fmt.Fprintf(os.Stderr, "goroutines left behind by the hub:\n%s\n", leaked)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// hubGoroutines waits up to d for every goroutine running hub or mochi code
+// to end, and returns the stacks of those that did not.
+func hubGoroutines(d time.Duration) string {
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var left []string
+		for g := range strings.SplitSeq(string(buf), "\n\n") {
+			if strings.Contains(g, "hubGoroutines") || strings.Contains(g, "(*fakeStore).run") {
+				continue
+			}
+			if strings.Contains(g, "outpost/gateway/hub.") || strings.Contains(g, "mochi-mqtt/server") {
+				left = append(left, g)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return strings.Join(left, "\n\n")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func runChild(dir string) {
