@@ -90,7 +90,8 @@ func finishedKey(at time.Time, id string) []byte {
 // PutCommand stores c durably and returns after the sync. A command whose ID
 // is already in the inbox (also a finished one, within its retention) is a
 // duplicate: PutCommand returns dup=true and changes nothing, so the caller
-// can acknowledge the redelivery upstream and drop it. PutCommand sets c.Seq,
+// can acknowledge the redelivery upstream and drop it. On a nearly full disk
+// it fails with ErrFull (see Options.MinFreeDisk). PutCommand sets c.Seq,
 // c.Received, c.Updated, and c.State (to CmdPending when empty).
 func (q *Queue) PutCommand(ctx context.Context, c *Command) (dup bool, err error) {
 	if c.ID == "" || c.Device == "" {
@@ -111,6 +112,9 @@ func (q *Queue) PutCommand(ctx context.Context, c *Command) (dup bool, err error
 		return false, fmt.Errorf("%w: command %s (~%d bytes)", ErrTooLarge, c.ID, est)
 	}
 	err = q.doSized(ctx, est, func(b *batch) error {
+		if err := q.diskLow(); err != nil {
+			return err
+		}
 		_, err := b.txn.Get(cmdKey(in.ID))
 		if err == nil {
 			dup = true

@@ -80,10 +80,12 @@ type Options struct {
 	TTL      time.Duration // 0 = keep forever; older records are expired, counted, never leased
 	Logger   *slog.Logger  // nil = discard
 
-	// MinFreeDisk is the free space (bytes) below which Append fails with
-	// ErrFull whatever the policy, so that Badger never writes into a full
-	// file system (its files are memory-mapped: a write there is a SIGBUS,
-	// not an error). 0 = 4 × MemTableSize + 2 × ValueLogFileSize; < 0 = off.
+	// MinFreeDisk and the size of the store's tables are kept free on the
+	// file system: below that Append fails with ErrFull whatever the policy,
+	// so that Badger never writes into a full file system (its files are
+	// memory-mapped: a write there is a SIGBUS, not an error, and
+	// compactions need room for a level's worth of new tables). 0 = 4 ×
+	// MemTableSize + 2 × ValueLogFileSize + 16 MiB; < 0 = off.
 	MinFreeDisk int64
 	// CommandRetention is how long finished inbox commands are kept for
 	// de-duplication and inspection. 0 = 24h.
@@ -132,7 +134,7 @@ func (o *Options) fill() {
 		o.ValueThreshold = 32 << 10
 	}
 	if o.MinFreeDisk == 0 {
-		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize
+		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize + 16<<20
 	}
 	if o.CommandRetention <= 0 {
 		o.CommandRetention = 24 * time.Hour
@@ -196,6 +198,8 @@ type Queue struct {
 	m          meta          // owned by the writer goroutine, like the next two
 	expect     int           // ops in the last round (see linger)
 	lastCommit time.Duration // duration of the last commit
+	sizeAt     time.Time     // when tables was measured (diskLow)
+	tables     int64         // size of the table files
 	eachMu     sync.Mutex
 
 	// lease side, guarded by mu (see lease.go)

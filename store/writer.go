@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -426,19 +428,40 @@ func (q *Queue) putMeta(b *batch) error {
 }
 
 // diskLow returns ErrFull when the file system holding the store has less
-// than MinFreeDisk free.
+// free space than the reserve: MinFreeDisk plus the size of the store's
+// tables. Badger's files are memory-mapped, so running out of space is a
+// SIGBUS, not an error; and a compaction writes its output tables before it
+// deletes its inputs, which with a queue's interleaved keys can be a whole
+// level. The table size is re-read at most every 250ms.
 func (q *Queue) diskLow() error {
 	if q.opt.MinFreeDisk < 0 {
 		return nil
+	}
+	if now := time.Now(); now.Sub(q.sizeAt) > 250*time.Millisecond {
+		q.sizeAt, q.tables = now, tablesSize(q.dir)
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(q.dir, &st); err != nil {
 		return nil // cannot tell; let Badger report real errors
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
-	if free < q.opt.MinFreeDisk {
+	if reserve := q.opt.MinFreeDisk + q.tables; free < reserve {
 		q.met.diskLow.Inc()
-		return fmt.Errorf("%w: disk nearly full (%d bytes free, %d reserved)", ErrFull, free, q.opt.MinFreeDisk)
+		return fmt.Errorf("%w: disk nearly full (%d bytes free, %d reserved for Badger)", ErrFull, free, reserve)
 	}
 	return nil
+}
+
+// tablesSize is the size of the store's table files.
+func tablesSize(dir string) int64 {
+	ents, _ := os.ReadDir(dir)
+	var n int64
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".sst") {
+			if fi, err := e.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+	}
+	return n
 }
