@@ -77,6 +77,8 @@ type leaf struct {
 	conns    atomic.Int64 // connections made (CONNACK 0)
 	connLost atomic.Int64 // paho connections that ended while publishing
 	acks     atomic.Int64
+	mapErrs  atomic.Int64 // mosquitto_pub output that did not match the lines written
+	stalls   atomic.Int64 // mosquitto_pub processes restarted because they stopped working
 
 	start time.Time
 	sent  int // for pacing
@@ -84,6 +86,7 @@ type leaf struct {
 
 // leaves is a running set of leaves.
 type leaves struct {
+	t      *testing.T
 	all    []*leaf
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -115,7 +118,7 @@ func (s leafSpec) ids() []string {
 func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ls := &leaves{cancel: cancel}
+	ls := &leaves{t: t, cancel: cancel}
 	window, size := max(s.window, 1), max(s.size, 16)
 	var mosq, stdbuf string
 	if s.mosq+s.mosqV5 > 0 {
@@ -130,6 +133,9 @@ func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 		case strings.HasPrefix(id, "mpub-"):
 			k = mosqLeaf
 		}
+		if k != pahoLeaf {
+			l.ClientReorders(id)
+		}
 		lf := &leaf{id: id, kind: k, hub: hub, l: l, rate: s.rate, window: window, size: size, seq: 1, mosq: mosq, stdbuf: stdbuf}
 		ls.all = append(ls.all, lf)
 		ls.wg.Go(func() { lf.run(ctx) })
@@ -140,9 +146,16 @@ func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 
 // stop ends publishing and waits until every leaf has its answers (or has
 // given up on them).
+// A leaf whose answers could not be matched to its messages fails the test:
+// the ledger would be wrong.
 func (ls *leaves) stop() {
 	ls.cancel()
 	ls.wg.Wait()
+	for _, lf := range ls.all {
+		if n := lf.mapErrs.Swap(0); n > 0 {
+			ls.t.Errorf("leaf %s: %d mosquitto_pub PUBLISH lines did not match the lines written: the ledger cannot be trusted", lf.id, n)
+		}
+	}
 }
 
 // acks is the number of PUBACKs all leaves received so far.
@@ -162,6 +175,9 @@ func (ls *leaves) String() string {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "%s (%s) %d conns %d acks", lf.id, lf.kind, lf.conns.Load(), lf.acks.Load())
+		if n := lf.stalls.Load(); n > 0 {
+			fmt.Fprintf(&b, " %d stalls", n)
+		}
 	}
 	return b.String()
 }
@@ -275,16 +291,25 @@ func (lf *leaf) runPaho(ctx context.Context) {
 }
 
 var (
-	reSending = regexp.MustCompile(`sending PUBLISH \(d0, q1, r0, m(\d+),`)
+	reSending = regexp.MustCompile(`sending PUBLISH \(d[01], q1, r0, m(\d+), '[^']*', \.\.\. \((\d+) bytes\)\)`)
 	rePuback  = regexp.MustCompile(`received PUBACK \(Mid: (\d+), RC:(\d+)\)`)
 	reConnack = regexp.MustCompile(`received CONNACK \((\d+)\)`)
 )
 
+// mosqSize is the payload size of a mosquitto_pub leaf's seq-th line: it
+// varies with seq so that each "sending PUBLISH ... (N bytes)" line can be
+// checked against the line it is mapped to.
+func (lf *leaf) mosqSize(seq int) int { return lf.size + seq%97 }
+
 // runMosq is one mosquitto_pub -l process: lines written to its stdin are
-// messages (the gateway assigns the $.mid); its -d output maps each
-// "sending PUBLISH (d0, ..., mN" to the next line written and each
-// "received PUBACK (Mid: N, RC:x)" to an answer. mosquitto_pub reconnects
-// and resends by itself; it is restarted when it exits.
+// messages (the gateway assigns the $.mid). libmosquitto numbers the k-th
+// message of a process with packet id (k-1)%65535+1, whether it is sent at
+// once or queued while disconnected; its -d output says "sending PUBLISH
+// (dX, ..., mN, ... (S bytes))" for each send (S is checked against the
+// line) and "received PUBACK (Mid: N, RC:x)" for each answer. mosquitto_pub
+// queues lines while disconnected and reconnects and resends by itself
+// (not always in line order: a line read while the CONNACK is pending may
+// overtake the queued ones); it is restarted when it exits.
 func (lf *leaf) runMosq(ctx context.Context) {
 	host, port, _ := strings.Cut(lf.hub, ":")
 	args := []string{"-h", host, "-p", port, "-q", "1", "-i", lf.id, "-u", lf.id, "-P", password(lf.id),
@@ -296,10 +321,12 @@ func (lf *leaf) runMosq(ctx context.Context) {
 	// stdbuf makes them line-buffered so answers are seen as they come.
 	cmd := exec.Command(lf.stdbuf, append([]string{"-oL", lf.mosq}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdin, err := cmd.StdinPipe()
+	pr, stdin, err := os.Pipe() // our own pipe: writes can have a deadline
 	if err != nil {
 		return
 	}
+	defer pr.Close()
+	cmd.Stdin = pr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return
@@ -309,9 +336,13 @@ func (lf *leaf) runMosq(ctx context.Context) {
 		return
 	}
 
+	type line struct {
+		id   string
+		size int
+	}
 	var mu sync.Mutex
-	var written []string         // lines written and not yet sent, in order
-	inflight := map[int]string{} // packet id -> ledger id
+	pending := map[int]line{} // packet id -> line written, not yet answered
+	lastOut := time.Now()     // when mosquitto_pub last printed anything
 	connected := make(chan struct{})
 	var once sync.Once
 	readDone := make(chan struct{})
@@ -319,35 +350,39 @@ func (lf *leaf) runMosq(ctx context.Context) {
 		defer close(readDone)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			line := sc.Text()
+			text := sc.Text()
 			if debugLeaves {
-				fmt.Println(lf.id, line)
+				fmt.Println(lf.id, text)
 			}
-			if m := reSending.FindStringSubmatch(line); m != nil {
+			mu.Lock()
+			lastOut = time.Now()
+			mu.Unlock()
+			if m := reSending.FindStringSubmatch(text); m != nil {
 				n, _ := strconv.Atoi(m[1])
+				size, _ := strconv.Atoi(m[2])
 				mu.Lock()
-				if len(written) > 0 {
-					inflight[n] = written[0]
-					written = written[1:]
+				if ln, ok := pending[n]; !ok || ln.size != size {
+					lf.mapErrs.Add(1)
 				}
 				mu.Unlock()
-			} else if m := rePuback.FindStringSubmatch(line); m != nil {
+			} else if m := rePuback.FindStringSubmatch(text); m != nil {
 				n, _ := strconv.Atoi(m[1])
 				rc, _ := strconv.Atoi(m[2])
 				mu.Lock()
-				id, ok := inflight[n]
-				delete(inflight, n)
+				ln, ok := pending[n]
+				delete(pending, n)
 				mu.Unlock()
 				if !ok {
+					lf.mapErrs.Add(1)
 					continue
 				}
 				if rc < 0x80 {
 					lf.acks.Add(1)
-					lf.l.Acked(id)
+					lf.l.Acked(ln.id)
 				} else {
 					lf.l.Refused(1)
 				}
-			} else if m := reConnack.FindStringSubmatch(line); m != nil && m[1] == "0" {
+			} else if m := reConnack.FindStringSubmatch(text); m != nil && m[1] == "0" {
 				lf.conns.Add(1)
 				once.Do(func() { close(connected) })
 			}
@@ -370,6 +405,9 @@ func (lf *leaf) runMosq(ctx context.Context) {
 	case <-time.After(3 * time.Second):
 	}
 	w := bufio.NewWriter(stdin)
+	// Lines keep coming at the leaf's rate, connected or not: mosquitto_pub
+	// queues them and only reconnects while it is reading lines.
+	k := 0 // lines written by this process
 loop:
 	for ctx.Err() == nil {
 		select {
@@ -378,9 +416,20 @@ loop:
 		default:
 		}
 		mu.Lock()
-		backlog := len(written)
+		backlog, quiet := len(pending), time.Since(lastOut)
 		mu.Unlock()
-		if backlog >= lf.window { // mosquitto_pub queues internally: keep it short
+		if backlog > 5000 { // down for long: start afresh
+			break
+		}
+		// mosquitto_pub 2.0.11 -l stops reading and never reconnects after
+		// a broker sends an MQTT 3.1.1 client a DISCONNECT (see
+		// TestFaultShutdownSendsNoDisconnectToV311): restart it like a
+		// device's supervisor would, and count it.
+		if backlog > 0 && quiet > 3*time.Second {
+			lf.stalls.Add(1)
+			break
+		}
+		if lf.rate <= 0 && backlog >= lf.window {
 			time.Sleep(time.Millisecond)
 			continue
 		}
@@ -388,26 +437,34 @@ loop:
 			break
 		}
 		id := ID(lf.id, lf.seq)
+		size := lf.mosqSize(lf.seq)
 		lf.seq++
+		k++
 		mu.Lock()
-		written = append(written, id)
+		pending[(k-1)%65535+1] = line{id, size}
 		mu.Unlock()
 		lf.l.Sent(1)
-		w.Write(Payload(id, lf.size))
+		w.Write(Payload(id, size))
 		w.WriteByte('\n')
+		_ = stdin.SetWriteDeadline(time.Now().Add(time.Second))
 		if err := w.Flush(); err != nil {
+			lf.stalls.Add(1)
 			break
 		}
 	}
 	// EOF: mosquitto_pub sends what it has, waits for the answers, and exits.
 	stdin.Close()
+	wait := 15 * time.Second
+	if ctx.Err() == nil { // stalled or backed up: no point waiting
+		wait = 0
+	}
 	select {
 	case <-exited:
-	case <-time.After(15 * time.Second):
+	case <-time.After(wait):
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	}
 	mu.Lock()
-	lf.l.Refused(len(written) + len(inflight))
+	lf.l.Refused(len(pending))
 	mu.Unlock()
 }

@@ -78,7 +78,8 @@ type Ledger struct {
 	acked      map[string]bool // ids whose leaf got a successful PUBACK
 	refused    int             // publishes answered with a failure or never answered
 	seen       map[string]*delivery
-	arrivals   map[string][]int // device -> seqs of first deliveries, in arrival order
+	arrivals   map[string][]uint64 // device -> order key of each copy's first delivery, in arrival order
+	reorders   map[string]bool     // devices whose client may reorder its own messages
 	missing    int              // acked and not yet delivered
 	deliveries int
 	foreign    int // deliveries whose payload is not a ledger id (gap reports, ...)
@@ -87,13 +88,24 @@ type Ledger struct {
 
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
-	return &Ledger{acked: map[string]bool{}, seen: map[string]*delivery{}, arrivals: map[string][]int{},
+	return &Ledger{acked: map[string]bool{}, seen: map[string]*delivery{}, arrivals: map[string][]uint64{}, reorders: map[string]bool{},
 		changed: make(chan struct{})}
 }
 
 func (l *Ledger) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
+}
+
+// ClientReorders marks a device whose client may put its own messages on
+// the wire out of sequence order (mosquitto_pub sends a line read while
+// reconnecting ahead of the lines it queued): the hub cannot be blamed for
+// storing them in that order, so the device is left out of the ingest-order
+// check.
+func (l *Ledger) ClientReorders(device string) {
+	l.mu.Lock()
+	l.reorders[device] = true
+	l.mu.Unlock()
 }
 
 // Sent counts n publishes attempted.
@@ -156,7 +168,6 @@ func (l *Ledger) Deliver(topic string, payload []byte) {
 	if d == nil {
 		d = &delivery{mids: map[uint64]string{}, gseq: gseq}
 		l.seen[id] = d
-		l.arrivals[dev] = append(l.arrivals[dev], seq)
 		if l.acked[id] {
 			l.missing--
 			if l.missing == 0 {
@@ -175,8 +186,19 @@ func (l *Ledger) Deliver(topic string, payload []byte) {
 	if mdev, _, ok := ParseID(mid); ok && mdev == dev && mid != id {
 		d.bad = true
 	}
-	if m, ok := d.mids[gseq]; ok && m != mid {
-		d.bad = true
+	if m, ok := d.mids[gseq]; ok {
+		if m != mid {
+			d.bad = true
+		}
+	} else {
+		// The first delivery of this stored copy. Order is judged on the
+		// gateway's sequence (the order it stored them), or on the leaf's
+		// when there is none (a peer that is not outpost).
+		key := gseq
+		if key == 0 {
+			key = uint64(seq)
+		}
+		l.arrivals[dev] = append(l.arrivals[dev], key)
 	}
 	d.mids[gseq] = mid
 }
@@ -233,15 +255,19 @@ type Report struct {
 	Foreign    int      // deliveries that are not ledger messages
 	Devices    int
 	// OrderStreams is, over all devices, the largest number of in-order
-	// streams a device's first deliveries split into (the longest run of
-	// decreasing seqs). 1 is strict order; live-first replay, where fresh
+	// streams a device's deliveries split into, judged by outpost-seq (the
+	// order the gateway stored them; the leaf's seq for a peer without
+	// one): the longest run of decreasing keys among the first delivery of
+	// each stored copy. 1 is strict order; live-first replay, where fresh
 	// messages overtake a backlog, makes it 2; more means a stream itself
 	// was reordered.
 	OrderStreams int
 	// IngestInversions counts pairs where a device's later message got a
 	// lower outpost-seq than its earlier one: the hub stored them out of
-	// the order the leaf sent them. Must be 0.
+	// the order the leaf sent them. Must be 0. Devices marked with
+	// ClientReorders are left out.
 	IngestInversions int
+	Inversions       []string // up to 10, as "id@seq<earlier-id@seq"
 }
 
 // Report computes the verdict now.
@@ -273,16 +299,19 @@ func (l *Ledger) Report(name string) Report {
 		if !l.acked[id] {
 			r.Unacked++
 		}
-		if d.gseq != 0 {
-			dev, seq, _ := ParseID(id)
+		if dev, seq, _ := ParseID(id); d.gseq != 0 && !l.reorders[dev] {
 			byDev[dev] = append(byDev[dev], pair{seq, d.gseq})
 		}
 	}
-	for _, ps := range byDev {
+	for dev, ps := range byDev {
 		sort.Slice(ps, func(i, j int) bool { return ps[i].seq < ps[j].seq })
 		for i := 1; i < len(ps); i++ {
 			if ps[i].gseq < ps[i-1].gseq {
 				r.IngestInversions++
+				if len(r.Inversions) < 10 {
+					r.Inversions = append(r.Inversions, fmt.Sprintf("%s@%d<%s@%d",
+						ID(dev, ps[i].seq), ps[i].gseq, ID(dev, ps[i-1].seq), ps[i-1].gseq))
+				}
 			}
 		}
 	}
@@ -294,10 +323,10 @@ func (l *Ledger) Report(name string) Report {
 
 // streams returns the least number of increasing subsequences that cover
 // seqs, which is the length of its longest strictly decreasing subsequence.
-func streams(seqs []int) int {
+func streams(seqs []uint64) int {
 	// tails[k] is the largest last element of a decreasing run of length
 	// k+1 (patience sorting on the reversed order).
-	var tails []int
+	var tails []uint64
 	for _, s := range seqs {
 		i := sort.Search(len(tails), func(i int) bool { return tails[i] <= s })
 		if i == len(tails) {
@@ -326,6 +355,9 @@ func (r Report) String() string {
 		r.Delivered, r.Deliveries, r.Lost, r.Duplicates, r.Unacked, r.Foreign)
 	fmt.Fprintf(&b, "  $.mid changed on redelivery %d, order streams per device ≤ %d, ingest inversions %d",
 		r.MidChanged, r.OrderStreams, r.IngestInversions)
+	if len(r.Inversions) > 0 {
+		fmt.Fprintf(&b, "\n  inversions (id@outpost-seq): %s", strings.Join(r.Inversions, " "))
+	}
 	if len(r.LostIDs) > 0 {
 		fmt.Fprintf(&b, "\n  lost (first %d): %s", len(r.LostIDs), strings.Join(r.LostIDs, " "))
 	}

@@ -1,0 +1,113 @@
+package faults
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// Raw MQTT packets for tests that need bytes no well-behaved client sends.
+
+// remLen encodes an MQTT remaining length (any value up to 268,435,455).
+func remLen(n int) []byte {
+	var b []byte
+	for {
+		d := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			d |= 0x80
+		}
+		b = append(b, d)
+		if n == 0 {
+			return b
+		}
+	}
+}
+
+func mqttString(s string) []byte {
+	b := binary.BigEndian.AppendUint16(nil, uint16(len(s)))
+	return append(b, s...)
+}
+
+// packet frames a control packet: first byte, remaining length, body.
+func packet(first byte, body []byte) []byte {
+	return append(append([]byte{first}, remLen(len(body))...), body...)
+}
+
+// connectPacket is a CONNECT with clean session, username and password;
+// version 4 is MQTT 3.1.1, 5 is MQTT 5 (with an empty property block).
+func connectPacket(version byte, id, user, pass string) []byte {
+	var b bytes.Buffer
+	b.Write(mqttString("MQTT"))
+	b.WriteByte(version)
+	b.WriteByte(0xC2)      // username, password, clean session
+	b.Write([]byte{0, 30}) // keep-alive 30 s
+	if version == 5 {
+		b.WriteByte(0) // no properties
+	}
+	b.Write(mqttString(id))
+	b.Write(mqttString(user))
+	b.Write(mqttString(pass))
+	return packet(0x10, b.Bytes())
+}
+
+// publishPacket is a QoS 1 PUBLISH (MQTT 3.1.1 layout).
+func publishPacket(topic string, pid uint16, payload []byte) []byte {
+	b := mqttString(topic)
+	b = binary.BigEndian.AppendUint16(b, pid)
+	return packet(0x32, append(b, payload...))
+}
+
+// dialMQTT connects, sends CONNECT and returns the connection once the
+// CONNACK accepted it.
+func dialMQTT(t *testing.T, addr string, version byte, id string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(connectPacket(version, id, id, password(id))); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	hdr := make([]byte, 4)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		t.Fatalf("no CONNACK: %v", err)
+	}
+	if hdr[0] != 0x20 || hdr[3] != 0 {
+		t.Fatalf("CONNACK refused: % x", hdr)
+	}
+	if version == 5 { // the rest of the CONNACK: its properties
+		rest := make([]byte, int(hdr[1])-2)
+		if _, err := io.ReadFull(c, rest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c
+}
+
+// MQTT 3.1.1 has no server-to-client DISCONNECT (§3.14: "sent from the
+// Client to the Server"); a broker that is shutting down just closes the
+// connection. mochi's closeListenerClients sends every client a DISCONNECT
+// with reason 0x8B (server shutting down) whatever its protocol version,
+// and mosquitto_pub 2.0.11 -l, given that packet, stops reading its input
+// and never reconnects: a leaf needs a human after every gateway restart.
+func TestFaultShutdownSendsNoDisconnectToV311(t *testing.T) {
+	g := newGateway(t, gwConfig{leaves: []string{"raw-1"}})
+	g.start()
+	c := dialMQTT(t, g.hubAddr, 4, "raw-1")
+	g.term()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		t.Logf("read after shutdown: %v", err)
+	}
+	if len(rest) > 0 && rest[0] == 0xE0 {
+		t.Errorf("on SIGTERM the hub sent an MQTT 3.1.1 client a DISCONNECT packet (% x); 3.1.1 servers must just close the connection", rest)
+	}
+}
