@@ -80,7 +80,7 @@ type Ledger struct {
 	seen       map[string]*delivery
 	arrivals   map[string][]uint64 // device -> order key of each copy's first delivery, in arrival order
 	reorders   map[string]bool     // devices whose client may reorder its own messages
-	missing    int              // acked and not yet delivered
+	missing    int                 // acked and not yet delivered
 	deliveries int
 	foreign    int // deliveries whose payload is not a ledger id (gap reports, ...)
 	changed    chan struct{}
