@@ -204,7 +204,13 @@ func (o Options) withDefaults() (Options, error) {
 		if a.Identity == "" {
 			a.Identity = IdentityGW
 		}
-		if a.Identity != IdentityGW && a.Identity != IdentityDevice {
+		switch a.Identity {
+		case IdentityGW:
+		case IdentityDevice:
+			// One connection and key per leaf is not built yet; refusing is
+			// better than silently sending leaves under the gateway's identity.
+			bad("azure identity per-device is not supported yet (use gateway)")
+		default:
 			bad("azure identity %q: want gateway or per-device", a.Identity)
 		}
 		if a.SharedAccessKey == "" && (o.CertFile == "" || o.KeyFile == "") {

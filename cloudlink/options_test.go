@@ -1,0 +1,42 @@
+package cloudlink
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestOptionsValidation(t *testing.T) {
+	q := newMemQueue()
+	_, err := New(Options{Protocol: "mqtt", URL: "mqtt://u:secretpw@h:1883/x", Password: "hunter2", CertFile: "c"}, q)
+	if !errors.Is(err, ErrOptions) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, want := range []string{"client_id is required", "only scheme://host:port", "cert_file and key_file go together"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in %v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("password leaked: %v", err)
+	}
+	_, err = New(Options{Protocol: "azure-iothub", Azure: AzureOptions{Host: "h", DeviceID: "gw#1", SharedAccessKey: "!!", Identity: "per-device"}}, q)
+	for _, want := range []string{"device_id", "shared_access_key", "per-device is not supported"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("azure: missing %q in %v", want, err)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "!!") {
+		t.Errorf("key leaked: %v", err)
+	}
+	s, err := New(Options{Protocol: "azure-iothub", Azure: AzureOptions{Host: "hub.azure-devices.net", DeviceID: "gw-1", SharedAccessKey: "c2VjcmV0"}}, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.opt.URL != "mqtts://hub.azure-devices.net:8883" || s.opt.MaxInflight != 16 || s.opt.MaxMessageBytes != 256*1024 || s.tls == nil {
+		t.Errorf("azure defaults: %+v", s.opt)
+	}
+	if _, err := New(Options{Protocol: "none"}, q); err != nil {
+		t.Errorf("none: %v", err)
+	}
+}
