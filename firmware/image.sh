@@ -69,7 +69,7 @@ echo outpost >"$R/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\toutpost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$R/etc/hosts"
 cat >"$R/etc/fstab" <<FSTAB
 LABEL=RASPIROOT  /              ext4  rw,noatime,commit=30  0 1
-LABEL=RASPIFIRM  /boot/firmware vfat  rw,nofail,x-systemd.device-timeout=10s,umask=0022  0 2
+LABEL=RASPIFIRM  /boot/firmware vfat  rw,nofail,x-systemd.device-timeout=60s,umask=0022  0 2
 FSTAB
 mkdir -p "$R/boot/firmware"
 install -D -m 0644 "$here/image/50-wired.network" "$R/etc/systemd/network/50-wired.network"
