@@ -114,6 +114,9 @@ func TestCrash(t *testing.T) {
 		// Kill after a random number of acknowledged appends (the child's
 		// startup time varies too much for a timer alone).
 		killAt := 50 + rand.IntN(3000)
+		if raceEnabled { // the race detector makes the child ~10x slower
+			killAt = 20 + rand.IntN(300)
+		}
 		seen := 0
 		timeout := time.After(20 * time.Second)
 	read:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -21,18 +22,13 @@ type classState struct {
 }
 
 func (cs *classState) insertReleased(r ref) {
-	i, found := slices.BinarySearchFunc(cs.released, r.seq, func(a ref, s uint64) int {
-		switch {
-		case a.seq < s:
-			return -1
-		case a.seq > s:
-			return 1
-		}
-		return 0
-	})
-	if !found {
+	if i, found := cs.findReleased(r.seq); !found {
 		cs.released = slices.Insert(cs.released, i, r)
 	}
+}
+
+func (cs *classState) findReleased(seq uint64) (int, bool) {
+	return slices.BinarySearchFunc(cs.released, seq, func(a ref, s uint64) int { return cmpUint(a.seq, s) })
 }
 
 // signalLocked wakes Lease callers waiting for records. q.mu must be held.
@@ -103,6 +99,28 @@ func (q *Queue) Submit(recs []*msg.Record, done func(error)) {
 // caller's. A leased record is not handed out again until Released; leases
 // live in memory, so after a restart everything not acked is leased again.
 func (q *Queue) Lease(ctx context.Context, n int) ([]*msg.Record, error) {
+	return q.lease(ctx, n, 0, false)
+}
+
+// LeaseFrom is Lease restricted to records with Seq >= from: the oldest of
+// those not leased, High before Normal before Low. It is for live-first
+// replay: at link-up the forwarder takes mark := NextSeq() and prefers
+// LeaseFrom(ctx, mark, n) (what producers send now) over Lease (the backlog,
+// oldest first, which skips what LeaseFrom has leased). It keeps its own
+// cursor per class, so it costs no more than Lease; changing from starts
+// that cursor again at from.
+func (q *Queue) LeaseFrom(ctx context.Context, from uint64, n int) ([]*msg.Record, error) {
+	return q.lease(ctx, n, from, true)
+}
+
+// NextSeq is the sequence number the next appended record will get.
+func (q *Queue) NextSeq() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pub.NextSeq
+}
+
+func (q *Queue) lease(ctx context.Context, n int, from uint64, live bool) ([]*msg.Record, error) {
 	if q.readOnly {
 		return nil, ErrReadOnly
 	}
@@ -113,7 +131,13 @@ func (q *Queue) Lease(ctx context.Context, n int) ([]*msg.Record, error) {
 			q.mu.Unlock()
 			return nil, ErrClosed
 		}
-		recs, drops, err := q.leaseLocked(n, q.opt.Now())
+		if live && q.liveFrom != from {
+			q.liveFrom = from
+			for c := range q.liveCursor {
+				q.liveCursor[c] = from
+			}
+		}
+		recs, drops, err := q.leaseLocked(n, q.opt.Now(), live)
 		avail := q.avail
 		q.mu.Unlock()
 		if len(drops) > 0 {
@@ -137,51 +161,68 @@ func (q *Queue) Lease(ctx context.Context, n int) ([]*msg.Record, error) {
 
 // leaseLocked collects up to max records; q.mu must be held. Records that
 // turn out expired are returned as drops (already in pendingDel).
-func (q *Queue) leaseLocked(max int, now time.Time) (out []*msg.Record, drops []ref, err error) {
+//
+// Per class it first takes released records below the scan's start (in
+// order: they are older than anything the scan finds), then scans from the
+// cursor, skipping leased records and records awaiting deletion and taking
+// released ones it meets (LeaseFrom can release records beyond the
+// backlog's cursor). With live, the scan starts at the LeaseFrom cursor and
+// only released records >= liveFrom are taken.
+func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Record, drops []ref, err error) {
 	expired := func(r *msg.Record) bool { return q.opt.TTL > 0 && now.Sub(r.Enqueued) > q.opt.TTL }
 	dropLimit := int(q.db.MaxBatchCount() / 4)
 	more := func() bool { return len(out) < max && len(drops) < dropLimit }
+	take := func(c msg.Priority, rec *msg.Record, r ref) {
+		if expired(rec) {
+			q.pendingDel[r.seq] = c
+			drops = append(drops, r)
+			return
+		}
+		q.leased[r.seq] = r
+		out = append(out, rec)
+	}
 	err = q.db.View(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && more(); c++ {
 			cs := &q.cls[c]
-			for len(cs.released) > 0 && more() {
-				r := cs.released[0]
+			cursor := &cs.cursor
+			lo := uint64(0)
+			if live {
+				cursor, lo = &q.liveCursor[c], q.liveFrom
+			}
+			// Released records in [lo, *cursor), in order.
+			i := sort.Search(len(cs.released), func(i int) bool { return cs.released[i].seq >= lo })
+			for i < len(cs.released) && cs.released[i].seq < *cursor && more() {
+				r := cs.released[i]
+				cs.released = slices.Delete(cs.released, i, i+1)
 				item, err := txn.Get(outboxKey(c, r.seq))
 				if errors.Is(err, badger.ErrKeyNotFound) {
-					cs.released = cs.released[1:]
 					continue
 				}
-				if err != nil {
-					return err
+				if err == nil {
+					var rec *msg.Record
+					if rec, err = itemRecord(item, r.seq); err == nil {
+						take(c, rec, r)
+						continue
+					}
 				}
-				rec, err := itemRecord(item, r.seq)
-				if err != nil {
-					return err
-				}
-				cs.released = cs.released[1:]
-				if expired(rec) {
-					q.pendingDel[r.seq] = c
-					drops = append(drops, r)
-					continue
-				}
-				q.leased[r.seq] = r
-				out = append(out, rec)
+				cs.insertReleased(r)
+				return err
 			}
 			if !more() {
 				break
 			}
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
-			for it.Seek(outboxKey(c, cs.cursor)); it.Valid() && more(); it.Next() {
+			for it.Seek(outboxKey(c, *cursor)); it.Valid() && more(); it.Next() {
 				_, seq, ok := parseOutboxKey(it.Item().Key())
 				if !ok {
 					continue
 				}
 				if _, ok := q.leased[seq]; ok {
-					cs.cursor = seq + 1
+					*cursor = seq + 1
 					continue
 				}
 				if _, ok := q.pendingDel[seq]; ok {
-					cs.cursor = seq + 1
+					*cursor = seq + 1
 					continue
 				}
 				rec, err := itemRecord(it.Item(), seq)
@@ -189,15 +230,11 @@ func (q *Queue) leaseLocked(max int, now time.Time) (out []*msg.Record, drops []
 					it.Close()
 					return err
 				}
-				cs.cursor = seq + 1
-				r := ref{seq, c, rec.Size()}
-				if expired(rec) {
-					q.pendingDel[seq] = c
-					drops = append(drops, r)
-					continue
+				*cursor = seq + 1
+				if j, found := cs.findReleased(seq); found {
+					cs.released = slices.Delete(cs.released, j, j+1)
 				}
-				q.leased[seq] = r
-				out = append(out, rec)
+				take(c, rec, ref{seq, c, rec.Size()})
 			}
 			it.Close()
 		}

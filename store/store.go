@@ -205,6 +205,8 @@ type Queue struct {
 	// lease side, guarded by mu (see lease.go)
 	mu         sync.Mutex
 	cls        [msg.NumPriorities]classState
+	liveFrom   uint64                    // LeaseFrom's from
+	liveCursor [msg.NumPriorities]uint64 // LeaseFrom's cursors
 	leased     map[uint64]ref
 	pendingDel map[uint64]msg.Priority
 	avail      chan struct{} // closed and replaced when records may be leasable

@@ -293,6 +293,7 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 		// Seqs from saved.NextSeq on will be assigned again.
 		for c := range q.cls {
 			q.cls[c].cursor = min(q.cls[c].cursor, saved.NextSeq)
+			q.liveCursor[c] = min(q.liveCursor[c], max(saved.NextSeq, q.liveFrom))
 		}
 		for _, r := range b.evicted {
 			if r.seq < saved.NextSeq {

@@ -382,3 +382,54 @@ func (s *suite) closed(t *testing.T) {
 		t.Fatalf("done called %d times", called)
 	}
 }
+
+func (s *suite) leaseFrom(t *testing.T) {
+	q := s.mustOpen(t, t.TempDir(), store.Options{})
+	for i := 1; i <= 5; i++ {
+		appendAll(t, q, rec("d", msg.Normal, fmt.Sprint("old", i)))
+	}
+	mark := q.NextSeq()
+	appendAll(t, q, rec("d", msg.Normal, "new1"), rec("d", msg.Low, "new2"), rec("d", msg.High, "new3"))
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	live, err := q.LeaseFrom(ctx, mark, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPayloads(t, live, "new3", "new1") // High first, then Normal; only seqs >= mark
+	wantPayloads(t, leaseNow(t, q, 3), "old1", "old2", "old3")
+	if err := q.Release(live[1].Seq); err != nil { // new1 back
+		t.Fatal(err)
+	}
+	// The backlog lease takes the released live record in seq order.
+	wantPayloads(t, leaseNow(t, q, 10), "old4", "old5", "new1", "new2")
+	if err := q.Release(live[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	again, err := q.LeaseFrom(ctx2, mark, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPayloads(t, again, "new1")
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel3()
+	if recs, err := q.LeaseFrom(ctx3, mark, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LeaseFrom with everything leased: %v %v", payloads(recs), err)
+	}
+	// Live records appended later wake LeaseFrom.
+	appendAll(t, q, rec("d", msg.Normal, "new4"))
+	wantPayloads(t, leaseFromNow(t, q, mark, 10), "new4")
+}
+
+func leaseFromNow(t *testing.T, q Queue, from uint64, n int) []*msg.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	recs, err := q.LeaseFrom(ctx, from, n)
+	if err != nil && err != context.DeadlineExceeded {
+		t.Fatalf("lease from: %v", err)
+	}
+	return recs
+}

@@ -24,6 +24,8 @@ type Queue interface {
 	Dead(after uint64, max int) ([]store.DeadLetter, error)
 	TakeGap(ctx context.Context) (store.Gap, bool, error)
 	AckGap(ctx context.Context, gen uint64) error
+	LeaseFrom(ctx context.Context, from uint64, max int) ([]*msg.Record, error)
+	NextSeq() uint64
 	Stats() store.Stats
 	Close() error
 }
@@ -51,6 +53,7 @@ func Run(t *testing.T, open Opener) {
 		{"Reopen", s.reopen},
 		{"SubmitOrder", s.submitOrder},
 		{"Closed", s.closed},
+		{"LeaseFrom", s.leaseFrom},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
