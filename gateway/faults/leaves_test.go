@@ -94,6 +94,7 @@ type leaves struct {
 
 // leafSpec describes the leaves of a test.
 type leafSpec struct {
+	prefix             string // device id prefix, to tell leaf sets apart
 	paho, mosq, mosqV5 int
 	rate               float64 // per leaf
 	window, size       int
@@ -103,13 +104,13 @@ type leafSpec struct {
 func (s leafSpec) ids() []string {
 	var ids []string
 	for i := range s.paho {
-		ids = append(ids, fmt.Sprintf("paho-%d", i+1))
+		ids = append(ids, fmt.Sprintf("%spaho-%d", s.prefix, i+1))
 	}
 	for i := range s.mosq {
-		ids = append(ids, fmt.Sprintf("mpub-%d", i+1))
+		ids = append(ids, fmt.Sprintf("%smpub-%d", s.prefix, i+1))
 	}
 	for i := range s.mosqV5 {
-		ids = append(ids, fmt.Sprintf("mpub5-%d", i+1))
+		ids = append(ids, fmt.Sprintf("%smpub5-%d", s.prefix, i+1))
 	}
 	return ids
 }
@@ -128,9 +129,9 @@ func startLeaves(t *testing.T, s leafSpec, hub string, l *Ledger) *leaves {
 	for _, id := range s.ids() {
 		k := pahoLeaf
 		switch {
-		case strings.HasPrefix(id, "mpub5-"):
+		case strings.HasPrefix(id, s.prefix+"mpub5-"):
 			k = mosqLeafV5
-		case strings.HasPrefix(id, "mpub-"):
+		case strings.HasPrefix(id, s.prefix+"mpub-"):
 			k = mosqLeaf
 		}
 		if k != pahoLeaf {

@@ -137,7 +137,11 @@ func newGateway(t *testing.T, c gwConfig) *gw {
 func (g *gw) launch() {
 	g.t.Helper()
 	g.starts++
-	g.proc = peertest.Start(g.t, exec.Command(bin, "run", "-c", g.cfgPath), nil)
+	args := []string{"run", "-c", g.cfgPath}
+	if lv := os.Getenv("OUTPOST_LOG_LEVEL"); lv != "" { // e.g. debug, to see why a test failed
+		args = append(args, "--log-level", lv)
+	}
+	g.proc = peertest.Start(g.t, exec.Command(bin, args...), nil)
 }
 
 // start runs `outpost run` and waits until /healthz answers 200.
