@@ -11,11 +11,11 @@ import (
 // can lease past a sequence number lets the forwarder send live records ahead
 // of a backlog. Without it the session forwards in plain queue order.
 type liveQueue interface {
-	// LeaseAfter is Lease restricted to records with Seq > after: it blocks
-	// until at least one such record is available.
-	LeaseAfter(ctx context.Context, after uint64, max int) ([]*msg.Record, error)
-	// LastSeq is the highest Seq assigned so far (0 when none was).
-	LastSeq() uint64
+	// LeaseFrom is Lease restricted to records with Seq >= from: it blocks
+	// until at least one such record is available. (*store.Queue has it.)
+	LeaseFrom(ctx context.Context, from uint64, max int) ([]*msg.Record, error)
+	// NextSeq is the Seq the next appended record will get.
+	NextSeq() uint64
 }
 
 // source tags where a published record came from, for drain accounting.
@@ -29,7 +29,7 @@ var (
 // leaser feeds one connection's forwarder. Two shapes:
 //
 //   - fifo: one stream in queue order (StrictOrder, or a queue without
-//     LeaseAfter). Each device's records leave in sequence order.
+//     LeaseFrom). Each device's records leave in sequence order.
 //   - live-first: at connect, every record up to the queue's last sequence
 //     number is backlog. A live stream leases only newer records and sends
 //     them at once; a backlog stream leases oldest-first, paced by
@@ -45,14 +45,17 @@ func (f *forwarder) lease(ctx context.Context) error {
 			return recs, nil, err
 		})
 	}
-	mark := lq.LastSeq()
+	mark := lq.NextSeq() // the backlog is every record before mark
+	if mark > 0 {
+		mark--
+	}
 	f.s.startDrain(mark)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
 		errc <- f.stream(ctx, func(ctx context.Context, n int) ([]*msg.Record, *source, error) {
-			recs, err := lq.LeaseAfter(ctx, mark, n)
+			recs, err := lq.LeaseFrom(ctx, mark+1, n)
 			return recs, srcLive, err
 		})
 	}()

@@ -20,7 +20,7 @@ type memQueue struct {
 	order    []uint64       // every seq appended, ascending
 	pos      int            // order[:pos] were handed out (leased, acked, ...)
 	released []uint64       // released seqs (all < order[pos]), ascending
-	live     map[uint64]int // LeaseAfter cursor per after value
+	live     map[uint64]int // LeaseFrom cursor per after value
 	leased   map[uint64]bool
 	dead     map[uint64]string
 	next     uint64
@@ -90,8 +90,9 @@ func (q *memQueue) Lease(ctx context.Context, max int) ([]*msg.Record, error) {
 	}
 }
 
-// LeaseAfter leases like Lease, only records with Seq > after.
-func (q *memQueue) LeaseAfter(ctx context.Context, after uint64, max int) ([]*msg.Record, error) {
+// LeaseFrom leases like Lease, only records with Seq >= from.
+func (q *memQueue) LeaseFrom(ctx context.Context, from uint64, max int) ([]*msg.Record, error) {
+	after := from - 1
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -138,8 +139,11 @@ func (q *memQueue) LeaseAfter(ctx context.Context, after uint64, max int) ([]*ms
 	}
 }
 
-// LastSeq is the last seq appended.
-func (q *memQueue) LastSeq() uint64 {
+// NextSeq is the seq the next append gets.
+func (q *memQueue) NextSeq() uint64 { return q.lastSeq() + 1 }
+
+// lastSeq is the last seq appended.
+func (q *memQueue) lastSeq() uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.next
@@ -172,7 +176,7 @@ func (q *memQueue) Release(seqs ...uint64) error {
 		}
 		delete(q.leased, s)
 		if q.pos < len(q.order) && s >= q.order[q.pos] {
-			continue // leased by LeaseAfter ahead of the cursor: Lease finds it there
+			continue // leased by LeaseFrom ahead of the cursor: Lease finds it there
 		}
 		i, _ := slices.BinarySearch(q.released, s)
 		q.released = slices.Insert(q.released, i, s)
