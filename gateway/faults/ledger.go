@@ -203,6 +203,37 @@ func (l *Ledger) Deliver(topic string, payload []byte) {
 	d.mids[gseq] = mid
 }
 
+// LostIDs returns every acknowledged id not delivered (yet), sorted by
+// device and seq.
+func (l *Ledger) LostIDs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []string
+	for id := range l.acked {
+		if l.seen[id] == nil {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, compareIDs)
+	return ids
+}
+
+// DeliveredSeqs returns, per device, the seqs delivered so far, sorted.
+func (l *Ledger) DeliveredSeqs() map[string][]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string][]int{}
+	for id := range l.seen {
+		if dev, seq, ok := ParseID(id); ok {
+			out[dev] = append(out[dev], seq)
+		}
+	}
+	for _, s := range out {
+		slices.Sort(s)
+	}
+	return out
+}
+
 // Missing is the number of acknowledged ids not delivered yet.
 func (l *Ledger) Missing() int {
 	l.mu.Lock()
