@@ -6,6 +6,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestConnectionRateLimit(t *testing.T) {
@@ -97,5 +98,32 @@ func TestWillDropped(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("observer got nothing")
+	}
+}
+
+func TestCollectors(t *testing.T) {
+	h := startHub(t, &fakeStore{}, nil)
+	c := rawConnect5(t, h.Addr(), "leaf-1")
+	if _, err := c.Write(publish5("devices/leaf-1/messages/events/", 1, []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	readPacket(t, c)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(h.Collectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		if m.GetCounter() != nil {
+			got[mf.GetName()] = m.GetCounter().GetValue()
+		} else {
+			got[mf.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["outpost_hub_stored_total"] != 1 || got["outpost_hub_connected_clients"] != 1 || len(got) != 16 {
+		t.Fatalf("metrics %v", got)
 	}
 }

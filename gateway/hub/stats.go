@@ -2,6 +2,8 @@ package hub
 
 import (
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Stats are the hub's counters since New. All are cumulative except
@@ -58,4 +60,35 @@ func (h *Hub) Stats() Stats {
 		s.Connected = atomic.LoadInt64(&srv.Info.ClientsConnected)
 	}
 	return s
+}
+
+// Collectors returns Prometheus collectors for the hub's counters
+// (outpost_hub_*), read from Stats at scrape time. Register them once.
+func (h *Hub) Collectors() []prometheus.Collector {
+	counter := func(name, help string, v func(Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outpost_hub_" + name, Help: help},
+			func() float64 { return float64(v(h.Stats())) })
+	}
+	gauge := func(name, help string, v func(Stats) int64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outpost_hub_" + name, Help: help},
+			func() float64 { return float64(v(h.Stats())) })
+	}
+	return []prometheus.Collector{
+		gauge("connected_clients", "MQTT clients connected now.", func(s Stats) int64 { return s.Connected }),
+		gauge("pending_appends", "Leaf messages submitted to the store and not yet answered.", func(s Stats) int64 { return s.Pending }),
+		counter("connects_total", "Sessions established.", func(s Stats) uint64 { return s.Connects }),
+		counter("auth_failures_total", "CONNECTs refused for identity or credentials.", func(s Stats) uint64 { return s.AuthFailures }),
+		counter("acl_denied_total", "Publishes or subscriptions refused by the ACL.", func(s Stats) uint64 { return s.ACLDenied }),
+		counter("rate_limited_total", "Connections closed by the connection rate limit.", func(s Stats) uint64 { return s.RateLimited }),
+		counter("tls_failures_total", "Failed TLS handshakes.", func(s Stats) uint64 { return s.TLSFailures }),
+		counter("panics_total", "Connections closed after a panic in packet handling.", func(s Stats) uint64 { return s.Panics }),
+		counter("received_total", "Leaf PUBLISHes to D2C topics.", func(s Stats) uint64 { return s.Received }),
+		counter("stored_total", "Leaf messages appended to the outbox.", func(s Stats) uint64 { return s.Stored }),
+		counter("refused_total", "Leaf messages not stored (and not acknowledged).", func(s Stats) uint64 { return s.Refused }),
+		counter("refused_full_total", "Leaf messages refused because the store was full.", func(s Stats) uint64 { return s.RefusedFull }),
+		counter("c2d_queued_total", "C2D messages queued for leaves.", func(s Stats) uint64 { return s.C2DQueued }),
+		counter("c2d_sent_total", "C2D PUBLISHes written to leaves, resends included.", func(s Stats) uint64 { return s.C2DSent }),
+		counter("c2d_acked_total", "C2D messages acknowledged by leaves.", func(s Stats) uint64 { return s.C2DAcked }),
+		counter("c2d_expired_total", "C2D messages that expired undelivered.", func(s Stats) uint64 { return s.C2DExpired }),
+	}
 }
