@@ -92,10 +92,10 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The hub: a listener that cannot bind (a port taken by another
 	// broker) does not stop the gateway; it keeps storing and forwarding
 	// adapter data, reports 503 on /healthz, and retries the hub.
+	g.ledger = newLedger(g, q, g.cfg.Commands.TTL)
 	hubUp := g.startHub(q)
 	wg.Go(func() { g.superviseHub(ctx, q, hubUp) })
 
-	g.ledger = newLedger(g, q, g.cfg.Commands.TTL)
 	if err := g.startHTTP(ctx, &wg); err != nil {
 		return err
 	}
@@ -185,7 +185,11 @@ func (g *Gateway) hubOptions() hub.Options {
 		Logger:          g.log.With("part", "hub"),
 	}
 	for _, cl := range c.Clients {
-		opt.Clients = append(opt.Clients, hub.Client{ID: cl.ID, PasswordHash: cl.PasswordHash, Priority: cl.Priority, ReadAll: cl.ReadAll})
+		opt.Clients = append(opt.Clients, hub.Client{ID: cl.ID, PasswordHash: cl.PasswordHash, Priority: cl.Priority,
+			ReadAll: cl.ReadAll, Operator: cl.Operator})
+		if cl.Operator {
+			opt.Commands = g.ledger.Accept
+		}
 	}
 	return opt
 }

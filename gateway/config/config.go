@@ -102,6 +102,10 @@ type Client struct {
 	// ReadAll lets a local observer (dashboard, Node-RED) subscribe to
 	// every device's D2C topic.
 	ReadAll bool `yaml:"read_all"`
+	// Operator lets a local client (an HMI, a maintenance laptop) send
+	// commands: it may publish to any device's devicebound topic, and each
+	// such message becomes a command in the ledger, like one from the cloud.
+	Operator bool `yaml:"operator"`
 	// Azure carries the client's own IoT Hub identity when
 	// cloud.identity is per-device.
 	Azure *DeviceAzure `yaml:"azure"`

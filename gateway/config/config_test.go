@@ -128,7 +128,7 @@ hub:
   connect_rate: 2.5
   connect_burst: 7
   clients:
-    - {id: l1, password_hash: "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS", priority: high, read_all: true, azure: {shared_access_key: "a2V5"}}
+    - {id: l1, password_hash: "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS", priority: high, read_all: true, operator: true, azure: {shared_access_key: "a2V5"}}
 http: {listen: "[::1]:9999"}
 store: {max_bytes: 1GB, when_full: reject, ttl: 0}
 cloud:
@@ -163,7 +163,7 @@ func TestEveryKey(t *testing.T) {
 		Gateway: Gateway{ID: "gw-2", DataDir: "/data"},
 		Hub: Hub{Listen: "", TLSListen: "0.0.0.0:8883", TLS: HubTLS{"c.pem", "k.pem", "ca.pem"},
 			MaxMessageBytes: 64 * KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
-			Clients: []Client{{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
+			Clients: []Client{{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
 		HTTP:  HTTP{Listen: "[::1]:9999"},
 		Store: Store{MaxBytes: 1000 * 1000 * 1000, WhenFull: Reject, TTL: 0},
 		Cloud: Cloud{Protocol: ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -87,7 +88,8 @@ func TestCommandToModbus(t *testing.T) {
 	sub := up.Sub(t, "devices/#")
 	port := peertest.FreePort(t)
 	slave := startSlave(t, port)
-	g := newGatewayWith(t, up.Addr, plcDevice(port))
+	hmi := leaf{id: "hmi-1", password: "pw-hmi", operator: true}
+	g := newGatewayWith(t, up.Addr, plcDevice(port), leaf1, hmi)
 	g.start()
 	waitC2DSubscribed(t, up)
 	g.waitStatus("plc-1 readings", 10*time.Second, func(st gateway.Status) bool {
@@ -114,6 +116,52 @@ func TestCommandToModbus(t *testing.T) {
 	}
 	if n := strings.Count(slave.Output(), "WRITE hr 100"); n != 1 {
 		t.Fatalf("the slave saw %d writes, want exactly 1:\n%s", n, slave.Output())
+	}
+
+	// A local operator client may command devices over the hub; a leaf may not.
+	if out, err := g.pub(leaf1, "devices/plc-1/messages/devicebound/$.mid=leaf-cmd", `{"write":{"setpoint":99}}`); err == nil && strings.Contains(out, "PUBACK") {
+		t.Fatalf("a leaf (not an operator) got a PUBACK for a command:\n%s", out)
+	}
+	if out, err := g.pub(hmi, "devices/plc-1/messages/devicebound/$.mid=op-1", `{"write":{"setpoint":22}}`); err != nil {
+		t.Fatalf("operator command: %v\n%s", err, out)
+	}
+	slave.WaitFor(t, regexp.MustCompile(`WRITE hr 100 \[220\]`), 10*time.Second)
+	if r := nextResult(t, sub, 10*time.Second); r.cid != "op-1" || r.body.Status != msg.StatusDone {
+		t.Fatalf("operator command result = %+v", r)
+	}
+
+	// And so may the HTTP API; the same id twice is one command.
+	post := func() int {
+		resp, err := http.Post("http://"+g.http+"/api/devices/plc-1/commands?id=http-1&ttl=1m", "application/json",
+			strings.NewReader(`{"write":{"setpoint":24}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(); code != http.StatusAccepted {
+		t.Fatalf("POST command = %d, want 202", code)
+	}
+	slave.WaitFor(t, regexp.MustCompile(`WRITE hr 100 \[240\]`), 10*time.Second)
+	if r := nextResult(t, sub, 10*time.Second); r.cid != "http-1" || r.body.Status != msg.StatusDone {
+		t.Fatalf("HTTP command result = %+v", r)
+	}
+	if code := post(); code != http.StatusOK {
+		t.Errorf("POST of the same id again = %d, want 200 (duplicate)", code)
+	}
+	if code, body := get(t, "http://"+g.http+"/api/commands/http-1"); code != 200 || !strings.Contains(body, `"state":"done"`) || !strings.Contains(body, `"setpoint":24`) {
+		t.Errorf("GET /api/commands/http-1 = %d %s", code, body)
+	}
+	if code, _ := get(t, "http://"+g.http+"/api/commands/nope"); code != 404 {
+		t.Errorf("GET unknown command = %d, want 404", code)
+	}
+	resp, err := http.Post("http://"+g.http+"/api/devices/ghost/commands", "application/json", strings.NewReader(`{}`))
+	if err != nil || resp.StatusCode != 404 {
+		t.Errorf("POST to an unknown device = %v %v, want 404", resp.StatusCode, err)
+	}
+	if n := strings.Count(slave.Output(), "WRITE hr 100"); n != 3 {
+		t.Errorf("the slave saw %d writes, want 3:\n%s", n, slave.Output())
 	}
 }
 

@@ -43,8 +43,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// leaf is a configured MQTT leaf device.
-type leaf struct{ id, password string }
+// leaf is a configured MQTT client: a leaf device, or an operator.
+type leaf struct {
+	id, password string
+	operator     bool
+}
 
 // gw is one outpost daemon under test.
 type gw struct {
@@ -73,7 +76,7 @@ func newGatewayWith(t *testing.T, cloudAddr, extra string, leaves ...leaf) *gw {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&clients, "    - id: %s\n      password_hash: %q\n", l.id, h)
+		fmt.Fprintf(&clients, "    - id: %s\n      password_hash: %q\n      operator: %v\n", l.id, h, l.operator)
 	}
 	cfg := fmt.Sprintf(`gateway:
   id: gw-e2e

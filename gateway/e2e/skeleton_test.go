@@ -12,8 +12,8 @@ import (
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
 
-var leaf1 = leaf{"leaf-1", "pw-one"}
-var leaf2 = leaf{"leaf-2", "pw-two"}
+var leaf1 = leaf{id: "leaf-1", password: "pw-one"}
+var leaf2 = leaf{id: "leaf-2", password: "pw-two"}
 
 // A QoS 1 message from an authenticated leaf reaches the upstream Mosquitto
 // with its payload unchanged and its $.mid in the topic's property bag.
@@ -101,7 +101,7 @@ func TestAuthAndACL(t *testing.T) {
 	g := newGateway(t, up.Addr, leaf1, leaf2)
 	g.start()
 
-	out, err := g.pub(leaf{"leaf-1", "wrong"}, "devices/leaf-1/messages/events/$.mid=bad-pw", "x")
+	out, err := g.pub(leaf{id: "leaf-1", password: "wrong"}, "devices/leaf-1/messages/events/$.mid=bad-pw", "x")
 	if err == nil {
 		t.Fatalf("wrong password accepted:\n%s", out)
 	}

@@ -84,6 +84,11 @@ func (h *Hub) allowed(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
+		if c.Operator && h.opt.Commands != nil {
+			if _, _, err := msg.ParseDeviceboundTopic(topic); err == nil {
+				return true
+			}
+		}
 		return ownEvents(id, topic)
 	}
 	if ownDevicebound(id, topic) {

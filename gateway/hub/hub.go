@@ -37,6 +37,7 @@
 package hub
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,9 @@ type Client struct {
 	PasswordHash string       // bcrypt hash ("" = no password login; TLS certificate only)
 	Priority     msg.Priority // outbox priority of its D2C messages (the zero value is msg.High; config should use msg.ParsePriority)
 	ReadAll      bool         // may subscribe to every D2C topic (a dashboard, Node-RED)
+	// Operator may publish commands to any device's devicebound topic; each
+	// goes to Options.Commands (and nowhere else) before its PUBACK.
+	Operator bool
 }
 
 // Options configure a Hub. Zero values take the defaults noted.
@@ -93,6 +97,13 @@ type Options struct {
 	// beyond it are closed at once. Defaults 50/s and 100.
 	ConnectRate  float64
 	ConnectBurst int
+
+	// Commands takes a command an Operator client published on
+	// devices/{device}/messages/devicebound/{props}. It must return nil only
+	// once the command is durably accepted (the command ledger); the PUBACK
+	// follows, in receive order like every PUBACK. An error refuses it like
+	// a D2C message the store refused. nil: operators cannot publish.
+	Commands func(ctx context.Context, device string, props msg.Props, payload []byte) error
 
 	Logger *slog.Logger
 }

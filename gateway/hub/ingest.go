@@ -1,9 +1,11 @@
 package hub
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -94,6 +96,20 @@ func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, errRejected
 	}
 	e := &entry{pid: pk.PacketID, qos: pk.FixedHeader.Qos, topic: pk.TopicName}
+	if dev, ps, err := msg.ParseDeviceboundTopic(pk.TopicName); err == nil {
+		// An operator's command (the ACL let only operators publish here).
+		e.cmd = true
+		s.mu.Lock()
+		s.q = append(s.q, e)
+		s.mu.Unlock()
+		payload := append([]byte(nil), pk.Payload...)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s.complete(e, h.opt.Commands(ctx, dev, ps, payload))
+		}()
+		return pk, errRejected
+	}
 	r, err := h.record(cl, pk)
 	s.mu.Lock()
 	s.q = append(s.q, e)
@@ -117,6 +133,7 @@ type entry struct {
 	qos   byte
 	topic string
 	rec   *msg.Record
+	cmd   bool // an operator's command, not a D2C record
 	done  bool
 	err   error
 }
@@ -209,7 +226,9 @@ func (s *session) run() {
 				quiet = quiet || s.killedNow()
 				continue
 			}
-			s.h.stats.stored.Add(1)
+			if !e.cmd {
+				s.h.stats.stored.Add(1)
+			}
 			if e.qos > 0 && !quiet {
 				acks = append(acks, 0x40, 2, byte(e.pid>>8), byte(e.pid))
 			}
@@ -219,7 +238,7 @@ func (s *session) run() {
 			<-s.slots
 		}
 		for _, e := range ready {
-			if e.err == nil {
+			if e.err == nil && !e.cmd {
 				s.h.fanOut(e.rec)
 			}
 		}
