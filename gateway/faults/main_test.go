@@ -208,6 +208,26 @@ func (g *gw) status() gateway.Status {
 	return st
 }
 
+// metric returns the value of a counter or gauge on /metrics (-1 when it
+// is not there).
+func (g *gw) metric(name string) float64 {
+	g.t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + g.httpAddr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return -1
+}
+
 // alive reports whether the current process is still running.
 func (g *gw) alive() bool {
 	select {
