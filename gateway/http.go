@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -158,4 +159,28 @@ func (g *Gateway) getCommand(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// Alive reports whether the gateway's own machinery works, for the systemd
+// watchdog: no part has failed and the hub accepts connections. Unlike
+// /healthz it ignores conditions a restart cannot fix and would only hide:
+// an unreachable cloud (the queue holds the data) and a store quarantined
+// at open (the fresh store works; the quarantine is reported until a human
+// looks).
+func (g *Gateway) Alive() error {
+	g.mu.Lock()
+	var errs []error
+	for part, err := range g.failed {
+		errs = append(errs, fmt.Errorf("%s: %w", part, err))
+	}
+	g.mu.Unlock()
+	if addr := g.HubAddr(); addr != "" {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("hub does not accept connections: %w", err))
+		} else {
+			c.Close()
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,12 +73,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Warn("systemd notify failed", "err", err)
 	}
 	go func() {
-		if err := service.Watchdog(ctx, func() error {
-			if st := g.Status(); !st.Healthy {
-				return errors.New(strings.Join(st.Problems, "; "))
-			}
-			return nil
-		}); err != nil && ctx.Err() == nil {
+		if err := service.Watchdog(ctx, g.Alive); err != nil && ctx.Err() == nil {
 			log.Error("watchdog stopped", "err", err)
 		}
 	}()

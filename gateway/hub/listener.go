@@ -36,6 +36,26 @@ type listener struct {
 	mu  sync.Mutex
 	ln  net.Listener
 	end atomic.Bool
+	// entering counts connections handed to mochi that have not yet read
+	// their first byte. mochi's attachClient does ClientsWg.Add(1) in the
+	// connection's goroutine while Server.Close may already sit in
+	// ClientsWg.Wait (a WaitGroup race in v2.7.9, seen by -race when a
+	// client connects during Close). Close waits for entering to drain, so
+	// every Add happens before that Wait.
+	entering sync.WaitGroup
+}
+
+// firstRead signals once, at the connection's first Read: mochi reads the
+// CONNECT only after its ClientsWg.Add.
+type firstRead struct {
+	net.Conn
+	once *sync.Once
+	done func()
+}
+
+func (c firstRead) Read(b []byte) (int, error) {
+	c.once.Do(c.done)
+	return c.Conn.Read(b)
 }
 
 func newListener(id, address string, cfg *tls.Config, h *Hub) *listener {
@@ -118,7 +138,17 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 		_ = tc.SetDeadline(time.Time{})
 		conn = tc
 	}
-	if err := establish(l.id, conn); err != nil {
+	l.mu.Lock()
+	if l.end.Load() {
+		l.mu.Unlock()
+		conn.Close()
+		return
+	}
+	l.entering.Add(1)
+	l.mu.Unlock()
+	once := new(sync.Once)
+	defer once.Do(l.entering.Done)
+	if err := establish(l.id, firstRead{conn, once, l.entering.Done}); err != nil {
 		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }
@@ -128,12 +158,13 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	if l.end.Swap(true) {
 		return
 	}
-	l.mu.Lock()
+	l.mu.Lock() // serveConn checks end and joins entering under mu
 	ln := l.ln
 	l.mu.Unlock()
 	if ln != nil {
 		ln.Close()
 	}
+	l.entering.Wait()
 	closeClients(l.id)
 }
 

@@ -1,0 +1,88 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/adapters/sim"
+	"github.com/outpost-iot/outpost/gateway/config"
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+func start(t *testing.T, dir string, devices ...config.Device) *Gateway {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Gateway.ID = "gw-test"
+	cfg.Gateway.DataDir = dir
+	cfg.Hub.Listen = "127.0.0.1:0"
+	cfg.HTTP.Listen = ""
+	cfg.Devices = devices
+	g := New(cfg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	select {
+	case <-g.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v", err)
+		}
+	})
+	return g
+}
+
+// The watchdog's liveness ignores a quarantined store (a restart would only
+// hide it) but not a failed part; /healthz reports both.
+func TestAliveVersusHealthy(t *testing.T) {
+	dir := t.TempDir()
+	func() { // make a store, then damage it while stopped
+		g := start(t, dir)
+		_ = g
+	}()
+	// The cleanup above runs at test end; use a second dir for the damaged case.
+	dir2 := t.TempDir()
+	os.MkdirAll(filepath.Join(dir2, "queue"), 0o755)
+	os.WriteFile(filepath.Join(dir2, "queue", "MANIFEST"), []byte("this is not a badger manifest"), 0o644)
+	g := start(t, dir2)
+	if err := g.Alive(); err != nil {
+		t.Errorf("Alive with a quarantined store = %v, want nil", err)
+	}
+	st := g.Status()
+	if st.Healthy || !strings.Contains(strings.Join(st.Problems, " "), "quarantine") {
+		t.Errorf("Status = %+v, want unhealthy naming the quarantine", st)
+	}
+	g.fail("cloudlink", errors.New("boom"))
+	if err := g.Alive(); err == nil || !strings.Contains(err.Error(), "cloudlink: boom") {
+		t.Errorf("Alive after a failed part = %v", err)
+	}
+}
+
+// Readings from adapters are stored before Emit returns and counted.
+func TestEmitStores(t *testing.T) {
+	g := start(t, t.TempDir(), config.Device{ID: "m1", Priority: msg.Low, Kind: "sim", Adapter: &sim.Config{Interval: 10 * time.Millisecond}})
+	deadline := time.Now().Add(5 * time.Second)
+	for g.Status().Stored < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v", g.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := g.Status()
+	if st.Queue.Depth < 5 || st.Queue.Classes[msg.Low].Depth != st.Queue.Depth {
+		t.Errorf("queue %+v: readings should sit in the low class (cloud none)", st.Queue)
+	}
+	if len(st.Devices) != 1 || st.Devices[0].Values["voltage"] == nil {
+		t.Errorf("devices %+v", st.Devices)
+	}
+}
