@@ -156,6 +156,16 @@ loop:
 	if rss, ok := storePeakRSS(); ok {
 		metrics["peak_rss_mib"] = storeRound(rss, 1)
 	}
+	// The peer in the same run: a Mosquitto bridge draining the same backlog (benchbridge.go).
+	progress("the same backlog through a Mosquitto bridge...")
+	if br, err := bridgeDrainRun(ctx, bridgeOptions{Records: *records, Size: *size, Inflight: *inflight, Upstream: mq.addr, Dir: tmp}); err != nil {
+		fmt.Fprintf(stderr, "outpost bench drain: bridge comparison not measured: %v\n", err)
+	} else if br.MsgsPerS > 0 {
+		progress("  bridge: %d of %d arrived (duplicates included), %v from link restored to the last, its Mosquitto's peak RSS %.1f MiB",
+			br.Delivered, *records, br.Elapsed.Round(time.Millisecond), br.PeakRSSMiB)
+		metrics["bridge_msgs_per_s"] = storeRound(br.MsgsPerS, 1)
+		metrics["ratio"] = storeRound(metrics["outpost_msgs_per_s"]/br.MsgsPerS, 2)
+	}
 	if *asJSON {
 		b, _ := json.Marshal(map[string]any{"bench": "drain", "machine": storeMachine(), "metrics": metrics})
 		fmt.Fprintln(stdout, string(b))
@@ -164,7 +174,7 @@ loop:
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "machine\t%s\n", storeMachine())
 	fmt.Fprintf(tw, "backlog\t%d records of %d bytes, max_inflight %d\n", *records, *size, *inflight)
-	for _, k := range []string{"outpost_msgs_per_s", "fresh_p99_ms", "peak_rss_mib"} {
+	for _, k := range []string{"outpost_msgs_per_s", "bridge_msgs_per_s", "ratio", "fresh_p99_ms", "peak_rss_mib"} {
 		if v, ok := metrics[k]; ok {
 			fmt.Fprintf(tw, "%s\t%s\n", k, strconv.FormatFloat(v, 'f', -1, 64))
 		}
