@@ -37,7 +37,7 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	user := string(pk.Connect.Username)
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+	if tc, ok := unwrapConn(cl.Net.Conn).(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		if len(st.VerifiedChains) > 0 && st.PeerCertificates[0].Subject.CommonName == id {
 			return user == "" || user == id

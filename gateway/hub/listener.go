@@ -53,7 +53,16 @@ type firstRead struct {
 	done func()
 }
 
-func (c firstRead) Read(b []byte) (int, error) {
+// unwrapConn returns the connection below the hub's wrappers (the *tls.Conn
+// of a TLS client).
+func unwrapConn(c net.Conn) net.Conn {
+	if f, ok := c.(*firstRead); ok {
+		return f.Conn
+	}
+	return c
+}
+
+func (c *firstRead) Read(b []byte) (int, error) {
 	c.once.Do(c.done)
 	return c.Conn.Read(b)
 }
@@ -148,7 +157,9 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 	l.mu.Unlock()
 	once := new(sync.Once)
 	defer once.Do(l.entering.Done)
-	if err := establish(l.id, firstRead{conn, once, l.entering.Done}); err != nil {
+	// mochi keys the client by this conn (and so does afterPanic).
+	conn = &firstRead{conn, once, l.entering.Done}
+	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }
