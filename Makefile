@@ -8,14 +8,15 @@ DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 TESTFLAGS ?=
 
-.PHONY: build check peers vet test bench fuzz soak clean
+.PHONY: build check peers vet test bench fuzz fuzz-short soak clean
 
 ## build: the static, stripped binary in bin/outpost
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/outpost ./cmd/outpost
 
-## check: install missing test peers (as root), then vet and every test with -race
-check: peers vet test
+## check: install missing test peers (as root), then vet, every test with -race,
+## and a bounded fuzz of the hub with raw packets
+check: peers vet test fuzz-short
 
 peers:
 	@bash .ci/peers
@@ -30,6 +31,10 @@ test:
 ## bench: Go benchmarks of the hot paths
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## fuzz-short: the bounded fuzz run inside `make check`
+fuzz-short:
+	$(GO) test -run '^$$' -fuzz '^FuzzHubPackets$$' -fuzztime 15s ./gateway/hub/
 
 ## fuzz: longer fuzzing than the bounded runs inside `make check`
 FUZZTIME ?= 2m
