@@ -81,7 +81,7 @@ func (q *Queue) Submit(recs []*msg.Record, done func(error)) {
 			return
 		}
 	}
-	est, n := estimate(recs)
+	est, n := q.estimate(recs)
 	if est >= q.db.MaxBatchSize()/2 || n >= q.db.MaxBatchCount()/2 {
 		done(fmt.Errorf("%w: %d records, ~%d bytes (limit ~%d)", ErrTooLarge, len(recs), est, q.db.MaxBatchSize()/2))
 		return
@@ -256,8 +256,12 @@ func itemRecord(item *badger.Item, seq uint64) (*msg.Record, error) {
 	return rec, err
 }
 
+// maxPendingDel bounds the acked records waiting for their deletion to
+// commit; beyond it Ack waits for the writer.
+const maxPendingDel = 16384
+
 // Ack deletes leased records for good (upstream PUBACK). It returns once the
-// deletion is queued; it becomes durable with the next group commit, and a
+// deletion is queued (waiting only when many deletions are already queued); it becomes durable with the next group commit, and a
 // crash before that only means the records are delivered again. Seqs that
 // are not leased are skipped and reported with ErrNotLeased (the others are
 // still acked).
@@ -267,6 +271,19 @@ func (q *Queue) Ack(seqs ...uint64) error {
 		if err := q.enqueue(&op{kind: opAck, refs: refs, n: int64(len(refs)), est: int64(len(refs)) * 26}); err != nil {
 			return err
 		}
+		q.mu.Lock()
+		for len(q.pendingDel) > maxPendingDel && !q.closed.Load() {
+			// Backpressure: the writer is behind (a Badger flush or
+			// compaction stall); wait for it instead of piling up.
+			progress := q.progress
+			q.mu.Unlock()
+			select {
+			case <-progress:
+			case <-q.closing:
+			}
+			q.mu.Lock()
+		}
+		q.mu.Unlock()
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("store: ack %v: %w", missing, ErrNotLeased)
@@ -288,6 +305,7 @@ func (q *Queue) unlease(seqs []uint64, forDelete bool) (refs []ref, missing []ui
 		delete(q.leased, s)
 		if forDelete {
 			q.pendingDel[s] = r.class
+			q.pendingDelPeak = max(q.pendingDelPeak, len(q.pendingDel))
 		}
 		refs = append(refs, r)
 	}

@@ -95,9 +95,11 @@ type Options struct {
 	MaxDead int
 
 	// Badger knobs (0 = the low-memory default in parentheses).
-	MemTableSize     int64         // (8 MiB) also bounds one Append: ~7% of it
+	MemTableSize     int64         // (2 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
 	ValueLogFileSize int64         // (16 MiB) small enough to mmap on 32-bit ARM
 	ValueThreshold   int64         // (32 KiB) larger payloads go to the value log
+	TableSize        int64         // (512 KiB) Badger's base table size; each table builder holds ~2x this
+	LevelSize        int64         // (4 MiB) Badger's base level size
 	BlockCacheSize   int64         // (0: none; blocks are read uncompressed from the mmap)
 	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
 	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
@@ -125,10 +127,16 @@ func (o *Options) fill() {
 		o.Now = time.Now
 	}
 	if o.MemTableSize <= 0 {
-		o.MemTableSize = 8 << 20
+		o.MemTableSize = 2 << 20
 	}
 	if o.ValueLogFileSize <= 0 {
 		o.ValueLogFileSize = 16 << 20
+	}
+	if o.TableSize <= 0 {
+		o.TableSize = 512 << 10
+	}
+	if o.LevelSize <= 0 {
+		o.LevelSize = 4 << 20
 	}
 	if o.ValueThreshold <= 0 {
 		o.ValueThreshold = 32 << 10
@@ -161,8 +169,8 @@ func (o *Options) badger(dir string, readOnly bool) badger.Options {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(2 << 20).
-		WithBaseLevelSize(8 << 20).
+		WithBaseTableSize(o.TableSize).
+		WithBaseLevelSize(o.LevelSize).
 		WithNumCompactors(2).
 		WithValueLogFileSize(o.ValueLogFileSize).
 		WithValueThreshold(o.ValueThreshold).
@@ -203,15 +211,17 @@ type Queue struct {
 	eachMu     sync.Mutex
 
 	// lease side, guarded by mu (see lease.go)
-	mu         sync.Mutex
-	cls        [msg.NumPriorities]classState
-	liveFrom   uint64                    // LeaseFrom's from
-	liveCursor [msg.NumPriorities]uint64 // LeaseFrom's cursors
-	leased     map[uint64]ref
-	pendingDel map[uint64]msg.Priority
-	avail      chan struct{} // closed and replaced when records may be leasable
-	pub        meta          // last committed meta
-	damaged    string        // what verifyLoop found
+	mu             sync.Mutex
+	cls            [msg.NumPriorities]classState
+	liveFrom       uint64                    // LeaseFrom's from
+	liveCursor     [msg.NumPriorities]uint64 // LeaseFrom's cursors
+	leased         map[uint64]ref
+	pendingDel     map[uint64]msg.Priority
+	pendingDelPeak int
+	progress       chan struct{} // closed and replaced after every committed batch
+	avail          chan struct{} // closed and replaced when records may be leasable
+	pub            meta          // last committed meta
+	damaged        string        // what verifyLoop found
 
 	met *metrics
 }
@@ -317,6 +327,7 @@ func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
 		leased:     make(map[uint64]ref),
 		pendingDel: make(map[uint64]msg.Priority),
 		avail:      make(chan struct{}),
+		progress:   make(chan struct{}),
 	}
 	q.met = newMetrics()
 	if err := q.loadMeta(); err != nil {

@@ -52,12 +52,13 @@ type op struct {
 
 // batch is one transaction being built.
 type batch struct {
-	txn      *badger.Txn
-	now      time.Time
-	size, n  int64 // estimated use of the transaction
-	evicted  []ref // records evicted by DropOldest (for rollback)
-	appended bool
-	firstSeq uint64 // q.m.NextSeq when the batch started
+	txn       *badger.Txn
+	now       time.Time
+	size, n   int64 // estimated use of the transaction
+	evicted   []ref // records evicted by DropOldest (for rollback)
+	appended  bool
+	firstSeq  uint64 // q.m.NextSeq when the batch started
+	threshold int64  // Options.ValueThreshold
 }
 
 // errBatch wraps errors that fail the whole batch (its transaction is
@@ -68,7 +69,11 @@ func (e errBatch) Error() string { return e.err.Error() }
 func (e errBatch) Unwrap() error { return e.err }
 
 func (b *batch) set(k, v []byte) error {
-	b.size += int64(len(k) + len(v) + 16)
+	vs := int64(len(v))
+	if vs >= b.threshold { // stored in the value log: a pointer in the batch
+		vs = 32
+	}
+	b.size += int64(len(k)) + vs + 16
 	b.n++
 	if err := b.txn.Set(k, v); err != nil {
 		return errBatch{err}
@@ -90,9 +95,15 @@ func (q *Queue) room(b *batch, n, size int64) bool {
 	return b.n+n < q.db.MaxBatchCount()*3/4 && b.size+size < q.db.MaxBatchSize()*3/4
 }
 
-func estimate(recs []*msg.Record) (size, n int64) {
+// estimate is what recs take of a Badger transaction: key and value, or
+// key and a value-log pointer for values at or above ValueThreshold.
+func (q *Queue) estimate(recs []*msg.Record) (size, n int64) {
 	for _, r := range recs {
-		size += int64(r.Size()+len(r.Props)*4+48) + 10 + 16
+		v := int64(r.Size() + len(r.Props)*4 + 48)
+		if v >= q.opt.ValueThreshold {
+			v = 32
+		}
+		size += v + 10 + 16
 	}
 	return size, int64(len(recs))
 }
@@ -226,7 +237,7 @@ func (q *Queue) queued() int {
 // every op. It returns the batch error, if any.
 func (q *Queue) commit(ops []*op) error {
 	saved := q.m
-	b := &batch{txn: q.db.NewTransaction(true), now: q.opt.Now(), firstSeq: q.m.NextSeq}
+	b := &batch{txn: q.db.NewTransaction(true), now: q.opt.Now(), firstSeq: q.m.NextSeq, threshold: q.opt.ValueThreshold}
 	defer b.txn.Discard()
 	diskErr := q.diskLow()
 	var err error
@@ -286,6 +297,14 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 				}
 			}
 		}
+		if len(q.pendingDel) == 0 && q.pendingDelPeak > 4096 {
+			q.pendingDel, q.pendingDelPeak = make(map[uint64]msg.Priority), 0 // maps never shrink
+		}
+		if len(q.leased) == 0 && len(q.pendingDel) == 0 {
+			q.leased = make(map[uint64]ref)
+		}
+		close(q.progress)
+		q.progress = make(chan struct{})
 		if b.appended {
 			q.signalLocked()
 		}
