@@ -210,6 +210,9 @@ func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, in
 	p := "persistence false\n"
 	if persist {
 		p = fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir)
+		if os.Geteuid() == 0 { // it would drop to user mosquitto, who cannot write into dir
+			p += "user root\n"
+		}
 	}
 	conf := filepath.Join(dir, "bridge.conf")
 	body := fmt.Sprintf(`listener %d 127.0.0.1

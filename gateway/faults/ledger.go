@@ -218,6 +218,45 @@ func (l *Ledger) LostIDs() []string {
 	return ids
 }
 
+// LostRanges summarises LostIDs as runs of seqs per device:
+// "paho-1 140-199 420-460; mpub-1 ...".
+func (l *Ledger) LostRanges() string {
+	var b strings.Builder
+	dev, from, to := "", -1, -1
+	flush := func() {
+		if from < 0 {
+			return
+		}
+		if from == to {
+			fmt.Fprintf(&b, " %d", from)
+		} else {
+			fmt.Fprintf(&b, " %d-%d", from, to)
+		}
+	}
+	for _, id := range l.LostIDs() {
+		d, seq, _ := ParseID(id)
+		switch {
+		case d != dev:
+			flush()
+			if b.Len() > 0 {
+				b.WriteString(";")
+			}
+			if dev != "" || b.Len() > 0 {
+				b.WriteString(" ")
+			}
+			b.WriteString(d)
+			dev, from, to = d, seq, seq
+		case seq == to+1:
+			to = seq
+		default:
+			flush()
+			from, to = seq, seq
+		}
+	}
+	flush()
+	return strings.TrimSpace(b.String())
+}
+
 // DeliveredSeqs returns, per device, the seqs delivered so far, sorted.
 func (l *Ledger) DeliveredSeqs() map[string][]int {
 	l.mu.Lock()
