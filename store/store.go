@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -193,6 +194,7 @@ type Queue struct {
 	db          *badger.DB
 	readOnly    bool
 	quarantined string
+	snapshot    string // OpenReadOnly's recovered copy, removed by Close
 
 	// writer side (see writer.go)
 	wmu        sync.Mutex
@@ -245,7 +247,7 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	dir := filepath.Join(dataDir, "queue")
-	q, err := open(dir, opt, false)
+	q, err := open(dir, opt, false, false)
 	if err == nil || !isDamage(err) {
 		return q, err
 	}
@@ -255,7 +257,7 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 	}
 	opt.Logger.Error("store: damaged store moved aside; starting with an empty queue",
 		"error", err, "quarantine", qdir)
-	q, err = open(dir, opt, false)
+	q, err = open(dir, opt, false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -265,8 +267,14 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 }
 
 // OpenReadOnly opens the store under dataDir/queue for inspection (`outpost
-// queue`), without writing anything. It fails while a gateway holds the
-// store. Writing methods return ErrReadOnly; Lease returns ErrReadOnly.
+// queue`), without writing anything there. It fails while a gateway holds
+// the store. Writing methods and Lease return ErrReadOnly.
+//
+// A store left by a crash needs its write-ahead log cut to the last complete
+// entry before Badger can read it, which a read-only open cannot do; then
+// OpenReadOnly copies the store to a temporary directory, recovers the copy
+// and reads that (Close removes it). The copy needs as much free space in
+// the temporary directory as the store takes.
 func OpenReadOnly(dataDir string) (*Queue, error) {
 	opt := Options{}
 	opt.fill()
@@ -274,7 +282,55 @@ func OpenReadOnly(dataDir string) (*Queue, error) {
 	if _, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	return open(dir, opt, true)
+	// A clean Close leaves no write-ahead log (*.mem); a crash does, and
+	// Badger's read-only open then fails (leaking goroutines on the way).
+	// Hold Badger's directory lock shared while deciding and copying, so a
+	// gateway that has the store open (exclusive lock) makes this fail, and
+	// one that starts meanwhile waits.
+	unlock, err := lockShared(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s is in use (is the gateway running?): %w", dir, err)
+	}
+	defer unlock()
+	var q *Queue
+	if mems, _ := filepath.Glob(filepath.Join(dir, "*.mem")); len(mems) == 0 {
+		unlock() // Badger takes the shared lock itself
+		unlock = func() {}
+		q, err = open(dir, opt, true, true)
+		if err == nil || !strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()) {
+			return q, err
+		}
+	} else {
+		err = errors.New("store: not closed cleanly")
+	}
+	tmp, terr := os.MkdirTemp("", "outpost-queue-snapshot-")
+	if terr != nil {
+		return nil, fmt.Errorf("%w; copying it to recover a copy: %v", err, terr)
+	}
+	if terr = os.CopyFS(tmp, os.DirFS(dir)); terr == nil {
+		q, terr = open(tmp, opt, false, true)
+	}
+	if terr != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("%w; recovering a copy: %v", err, terr)
+	}
+	q.snapshot = tmp
+	return q, nil
+}
+
+// lockShared takes a shared, non-blocking flock on the directory dir (Badger
+// locks it exclusively when it opens the store for writing).
+func lockShared(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }, nil
 }
 
 func quarantine(dataDir, dir string) (string, error) {
@@ -293,22 +349,28 @@ func quarantine(dataDir, dir string) (string, error) {
 var errDamaged = errors.New("store: damaged")
 
 // isDamage tells damage (quarantine) from environmental failures (return).
+// Badger flattens most errors to text ("... err: ..."), so the environmental
+// ones are recognised by their text too.
 func isDamage(err error) bool {
-	switch {
-	case errors.Is(err, errDamaged):
+	if errors.Is(err, errDamaged) {
 		return true
-	case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.EWOULDBLOCK),
-		errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS),
-		errors.Is(err, syscall.EIO), errors.Is(err, syscall.ENOMEM):
+	}
+	for _, e := range []error{os.ErrPermission, syscall.EWOULDBLOCK, syscall.ENOSPC, syscall.EROFS,
+		syscall.EIO, syscall.ENOMEM, syscall.EMFILE, syscall.ENFILE, syscall.EACCES} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return false
+		}
+	}
+	if strings.Contains(err.Error(), "Cannot acquire directory lock") {
 		return false
 	}
-	// Badger reports most damage as plain errors (checksum mismatch,
-	// bad manifest, truncated table); anything else from Open is damage.
+	// Badger reports damage as plain errors (checksum mismatch, bad
+	// manifest, truncated table); anything else from Open is damage.
 	return true
 }
 
-func open(dir string, opt Options, readOnly bool) (q *Queue, err error) {
-	bo := opt.badger(dir, readOnly)
+func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error) {
+	bo := opt.badger(dir, badgerRO)
 	if err := precheck(dir, bo); err != nil {
 		return nil, err
 	}
@@ -477,6 +539,9 @@ func (q *Queue) Close() error {
 		q.closeErr = q.db.Close()
 		if q.closeErr == nil && !q.readOnly {
 			q.closeErr = writeClean(q.dir, q.m)
+		}
+		if q.snapshot != "" {
+			os.RemoveAll(q.snapshot)
 		}
 	})
 	return q.closeErr
