@@ -14,6 +14,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		{"store", "durable appends/s (1, 16, 64 producers) vs one fsync per append; reopen with 1M records", benchStore},
 		{"ingest", "durable QoS 1 msgs/s through the hub, optionally vs Mosquitto", benchIngest},
 		{"drain", "a large backlog forwarded to a local Mosquitto", benchDrain},
+		{"restart", "time from start to ready with 1,000,000 records queued", benchRestart},
 	}
 	if len(args) > 0 {
 		for _, b := range benches {
