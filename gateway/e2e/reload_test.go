@@ -86,10 +86,10 @@ func TestReload(t *testing.T) {
 		for _, m := range regexp.MustCompile(`%24\.mid=([^&\s]+)`).FindAllStringSubmatch(sub.Output(), -1) {
 			mids[m[1]] = true
 		}
+		// Upstream may hold more than was acknowledged: a reading whose
+		// Emit was cut short by the reload (no ack to the adapter) can still
+		// have reached the disk. Fewer would be a loss.
 		if uint64(len(mids)) >= final.Stored {
-			if uint64(len(mids)) != final.Stored {
-				t.Errorf("upstream got %d distinct readings, gateway stored %d", len(mids), final.Stored)
-			}
 			t.Logf("stored %d readings across two reloads, upstream got %d (%d with duplicates)", final.Stored, len(mids), n)
 			break
 		}

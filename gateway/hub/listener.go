@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // handshakeTimeout bounds a TLS handshake, so a silent peer cannot hold a
@@ -176,6 +177,16 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		ln.Close()
 	}
 	l.entering.Wait()
+	// mochi's shutdown writes a DISCONNECT to every client, but an MQTT
+	// 3.1.1 server must never send one: close those connections first, so
+	// that only MQTT 5 clients get DISCONNECT (server shutting down).
+	if srv := l.h.srv.Load(); srv != nil { // not h.server(): that is nil once closing
+		for _, cl := range srv.Clients.GetByListener(l.id) {
+			if cl.Properties.ProtocolVersion < 5 {
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		}
+	}
 	closeClients(l.id)
 }
 
