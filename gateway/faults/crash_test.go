@@ -191,7 +191,7 @@ func TestCrashKill9Bridge(t *testing.T) {
 	ingest, forward := crashRounds(t, r, link, ls, l, b.kill9, b.start)
 	ctx, cancel := context.WithTimeout(context.Background(), pick(time.Minute, 10*time.Minute))
 	defer cancel()
-	err := l.WaitDelivered(ctx, 15*time.Second)
+	err := l.WaitDelivered(ctx, pick(5*time.Second, 15*time.Second))
 	rep := l.Report("mosquitto-bridge kill -9")
 	t.Logf("%d kills (%d during ingest, %d while draining a backlog); after the last: %v", ingest+forward, ingest, forward, err)
 	t.Logf("leaves: %s", ls)

@@ -39,11 +39,11 @@ func ID(device string, seq int) string { return device + "-" + strconv.Itoa(seq)
 // ParseID splits a ledger id into device and seq.
 func ParseID(id string) (device string, seq int, ok bool) {
 	i := strings.LastIndexByte(id, '-')
-	if i <= 0 {
+	if i <= 0 || i == len(id)-1 || strings.TrimLeft(id[i+1:], "0123456789") != "" {
 		return "", 0, false
 	}
 	n, err := strconv.Atoi(id[i+1:])
-	if err != nil || n < 0 {
+	if err != nil {
 		return "", 0, false
 	}
 	return id[:i], n, true
