@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,6 +89,9 @@ func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			float64(*records)/r.fill.Seconds(), float64(*records)/r.drain.Seconds()))
 	}
 	if want("throughput") {
+		if lat, err := storeFsyncLatency(tmp); err == nil {
+			metrics["fsync_latency_ms"] = storeRound(lat.Seconds()*1000, 3)
+		}
 		for _, run := range []struct {
 			key       string
 			producers int
@@ -120,7 +124,7 @@ func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "machine\t%s\n", storeMachine())
 	for _, k := range []string{"appends_per_s_p1", "appends_per_s_p16", "appends_per_s_p64",
-		"fsync_each_appends_per_s_p16", "reopen_1m_s", "peak_rss_mib", "peak_rss_anon_mib"} {
+		"fsync_each_appends_per_s_p16", "fsync_latency_ms", "reopen_1m_s", "peak_rss_mib", "peak_rss_anon_mib"} {
 		if v, ok := metrics[k]; ok {
 			fmt.Fprintf(tw, "%s\t%s\n", k, strconv.FormatFloat(v, 'f', -1, 64))
 		}
@@ -248,6 +252,31 @@ func storeBacklog(ctx context.Context, dir string, n int, payload []byte) (backl
 	}
 	res.drain = time.Since(start)
 	return res, nil
+}
+
+// storeFsyncLatency is the median time to append 256 bytes to a file and
+// fdatasync it, on the file system of dir: the floor under one durable batch.
+func storeFsyncLatency(dir string) (time.Duration, error) {
+	f, err := os.CreateTemp(dir, "fsync-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 256)
+	lat := make([]time.Duration, 200)
+	for i := range lat {
+		start := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return 0, err
+		}
+		if err := f.Sync(); err != nil {
+			return 0, err
+		}
+		lat[i] = time.Since(start)
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], nil
 }
 
 // storeMachine describes this machine for the JSON report.
