@@ -303,8 +303,6 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 		if len(q.leased) == 0 && len(q.pendingDel) == 0 {
 			q.leased = make(map[uint64]ref)
 		}
-		close(q.progress)
-		q.progress = make(chan struct{})
 		if b.appended {
 			q.signalLocked()
 		}
@@ -328,6 +326,8 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 			q.signalLocked()
 		}
 	}
+	close(q.progress) // wake Acks waiting for the writer, also after a failure
+	q.progress = make(chan struct{})
 	q.mu.Unlock()
 	if len(retry) > 0 {
 		q.log.Warn("store: commit failed; will retry deletions", "error", err, "ops", len(retry))
@@ -374,7 +374,9 @@ func (q *Queue) applyAppend(b *batch, o *op) error {
 			return err
 		}
 		if !ok {
-			return fail(fmt.Errorf("%w: nothing left to evict (%d of %d bytes used, %d more asked)",
+			// Only leased records are left, or more evictions are needed
+			// than one transaction holds (a large record among tiny ones).
+			return fail(fmt.Errorf("%w: not enough to evict (%d of %d bytes used, %d more asked)",
 				ErrFull, q.m.bytes(), limit, size))
 		}
 	}
