@@ -65,3 +65,40 @@ func reportHist(b *testing.B, q *store.Queue) {
 		}
 	}
 }
+
+// BenchmarkDrain measures leasing and acking a backlog (the forwarder's side),
+// 64 records per lease.
+func BenchmarkDrain(b *testing.B) {
+	q, err := store.Open(b.TempDir(), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	payload := make([]byte, 200)
+	for i := 0; i < b.N; i += 256 {
+		recs := make([]*msg.Record, min(256, b.N-i))
+		for j := range recs {
+			recs[j] = &msg.Record{Device: "dev", Priority: msg.Normal, Payload: payload}
+		}
+		if err := q.Append(context.Background(), recs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for got := 0; got < b.N; {
+		recs, err := q.Lease(context.Background(), 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		seqs := make([]uint64, len(recs))
+		for i, r := range recs {
+			seqs[i] = r.Seq
+		}
+		if err := q.Ack(seqs...); err != nil {
+			b.Fatal(err)
+		}
+		got += len(recs)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -46,6 +47,10 @@ func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	var fs0 syscall.Statfs_t
+	if syscall.Statfs(tmp, &fs0) == nil && fs0.Type == 0x01021994 { // TMPFS_MAGIC
+		fmt.Fprintf(stderr, "outpost bench store: note: %s is a tmpfs (RAM); use --dir on the data_dir's file system\n", *dir)
+	}
 	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
 
 	metrics := map[string]float64{}
