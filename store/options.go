@@ -1,0 +1,175 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// FullPolicy says what Append does when the store is at MaxBytes.
+type FullPolicy int
+
+const (
+	// DropOldest (the default) evicts the oldest records that are not leased,
+	// Low class first, to make room; every eviction is counted in Dropped and
+	// in the pending gap report.
+	DropOldest FullPolicy = iota
+	// Reject fails the append with ErrFull; nothing stored is touched.
+	Reject
+)
+
+func (p FullPolicy) String() string {
+	if p == Reject {
+		return "reject"
+	}
+	return "drop-oldest"
+}
+
+// ParseFullPolicy reads "drop-oldest" (or "") and "reject", the values of
+// the store.when_full config key.
+func ParseFullPolicy(s string) (FullPolicy, error) {
+	switch s {
+	case "", "drop-oldest":
+		return DropOldest, nil
+	case "reject":
+		return Reject, nil
+	}
+	return DropOldest, fmt.Errorf("store: unknown when_full %q (want drop-oldest or reject)", s)
+}
+
+var (
+	// ErrFull is returned by Append when the records do not fit: the store is
+	// at MaxBytes under the Reject policy, nothing evictable is left under
+	// DropOldest, or the disk is nearly full. The producer must not be
+	// acknowledged; retrying later may succeed.
+	ErrFull = errors.New("store: queue full")
+	// ErrClosed is returned by every method after Close. Final.
+	ErrClosed = errors.New("store: closed")
+	// ErrNotLeased is returned by Ack, Release and Reject for a sequence
+	// number that is not currently leased (never leased, already acked or
+	// released, or leased before a restart).
+	ErrNotLeased = errors.New("store: not leased")
+	// ErrTooLarge is returned by Append for one call whose records cannot fit
+	// one transaction (see Options.MemTableSize). Final for those records.
+	ErrTooLarge = errors.New("store: append too large")
+	// ErrReadOnly is returned by writing methods of a store opened with
+	// OpenReadOnly.
+	ErrReadOnly = errors.New("store: read-only")
+)
+
+// Options configure a Queue. The zero value is a usable low-memory profile.
+type Options struct {
+	MaxBytes int64         // 0 = unlimited; counts msg.Record.Size() of outbox records
+	WhenFull FullPolicy    // what Append does at MaxBytes
+	TTL      time.Duration // 0 = keep forever; older records are expired, counted, never leased
+	Logger   *slog.Logger  // nil = discard
+
+	// MinFreeDisk and the size of the store's tables are kept free on the
+	// file system: below that Append fails with ErrFull whatever the policy,
+	// so that Badger never writes into a full file system (its files are
+	// memory-mapped: a write there is a SIGBUS, not an error, and
+	// compactions need room for a level's worth of new tables). 0 = 4 ×
+	// MemTableSize + 2 × ValueLogFileSize + 16 MiB; < 0 = off.
+	MinFreeDisk int64
+	// CommandRetention is how long finished inbox commands are kept for
+	// de-duplication and inspection. 0 = 24h.
+	CommandRetention time.Duration
+	// MaxDead bounds the dead letters; the oldest beyond it are deleted
+	// (counted in Stats.DeadDropped). 0 = 10,000.
+	MaxDead int
+
+	// Badger knobs (0 = the low-memory default in parentheses).
+	MemTableSize     int64         // (2 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
+	ValueLogFileSize int64         // (16 MiB) small enough to mmap on 32-bit ARM
+	ValueThreshold   int64         // (32 KiB) larger payloads go to the value log
+	TableSize        int64         // (512 KiB) Badger's base table size; each table builder holds ~2x this
+	LevelSize        int64         // (4 MiB) Badger's base level size
+	BlockCacheSize   int64         // (0: none; blocks are read uncompressed from the mmap)
+	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
+	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
+
+	// Verify checks every block's checksum in the background after open
+	// (see Stats.Damaged). It reads the whole store once: on a Pi with a
+	// large backlog that is minutes of SD-card reads, and the mapped pages
+	// count in the RSS until the kernel reclaims them.
+	Verify bool
+
+	// Now is the clock for enqueue times, TTL and retention (nil =
+	// time.Now); tests move it.
+	Now func() time.Time
+
+	// SyncEach disables group commit: every Append gets its own transaction
+	// and sync, serialised. Only for the fsync-per-append benchmark baseline.
+	SyncEach bool
+}
+
+func (o *Options) fill() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MemTableSize <= 0 {
+		o.MemTableSize = 2 << 20
+	}
+	if o.ValueLogFileSize <= 0 {
+		o.ValueLogFileSize = 16 << 20
+	}
+	if o.TableSize <= 0 {
+		o.TableSize = 512 << 10
+	}
+	if o.LevelSize <= 0 {
+		o.LevelSize = 4 << 20
+	}
+	if o.ValueThreshold <= 0 {
+		o.ValueThreshold = 32 << 10
+	}
+	if o.MinFreeDisk == 0 {
+		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize + 16<<20
+	}
+	if o.CommandRetention <= 0 {
+		o.CommandRetention = 24 * time.Hour
+	}
+	if o.MaxDead <= 0 {
+		o.MaxDead = 10000
+	}
+	if o.GCInterval <= 0 {
+		o.GCInterval = 5 * time.Minute
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = min(max(o.TTL/10, time.Second), time.Minute)
+	}
+}
+
+func (o *Options) badger(dir string, readOnly bool) badger.Options {
+	bo := badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{o.Logger.With("part", "badger")}).
+		WithSyncWrites(true).
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false).
+		WithNumGoroutines(1).
+		WithMemTableSize(o.MemTableSize).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(o.TableSize).
+		WithBaseLevelSize(o.LevelSize).
+		WithNumCompactors(2).
+		WithValueLogFileSize(o.ValueLogFileSize).
+		WithValueThreshold(o.ValueThreshold).
+		WithCompression(options.None).
+		WithBlockCacheSize(o.BlockCacheSize).
+		WithIndexCacheSize(0).
+		WithChecksumVerificationMode(options.OnBlockRead).
+		WithReadOnly(readOnly)
+	if o.BlockCacheSize > 0 {
+		bo = bo.WithCompression(options.Snappy)
+	}
+	return bo
+}
