@@ -424,8 +424,9 @@ loop:
 		}
 		// mosquitto_pub 2.0.11 -l stops reading and never reconnects after
 		// a broker sends an MQTT 3.1.1 client a DISCONNECT (see
-		// TestFaultShutdownSendsNoDisconnectToV311): restart it like a
-		// device's supervisor would, and count it.
+		// TestFaultShutdownSendsNoDisconnectToV311): should that come back,
+		// restart it like a device's supervisor would, and count it (the
+		// leaves' summary shows "stalls").
 		if backlog > 0 && quiet > 3*time.Second {
 			lf.stalls.Add(1)
 			break

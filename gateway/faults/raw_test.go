@@ -94,9 +94,10 @@ func dialMQTT(t *testing.T, addr string, version byte, id string) net.Conn {
 // MQTT 3.1.1 has no server-to-client DISCONNECT (§3.14: "sent from the
 // Client to the Server"); a broker that is shutting down just closes the
 // connection. mochi's closeListenerClients sends every client a DISCONNECT
-// with reason 0x8B (server shutting down) whatever its protocol version,
-// and mosquitto_pub 2.0.11 -l, given that packet, stops reading its input
-// and never reconnects: a leaf needs a human after every gateway restart.
+// (reason 0x8B, server shutting down) whatever its protocol version, and
+// mosquitto_pub 2.0.11 -l, given that packet, stops reading its input and
+// never reconnects: a leaf needed a human after every gateway restart.
+// Found by this suite, fixed in the hub (de25f2e); this is the regression test.
 func TestFaultShutdownSendsNoDisconnectToV311(t *testing.T) {
 	g := newGateway(t, gwConfig{leaves: []string{"raw-1"}})
 	g.start()
