@@ -15,15 +15,12 @@ import (
 )
 
 // precheck looks for damage Badger would not report as an error: it opens
-// every table file the way Badger will, but on this goroutine, so that a
-// damaged table is an error here instead of a panic on one of Badger's
-// table-opening goroutines (which no recover can catch: a crash loop); and it
-// compares the tables on disk with the MANIFEST, since Badger deletes table
-// files the MANIFEST does not list. A table newer than every listed one is
-// the normal leftover of a crash during a flush (its records are still in
-// the write-ahead log); an older unlisted one means the MANIFEST lost
-// changes. Each table's index (checksummed) and first and last blocks are
-// read; damage elsewhere in a table is found only when read (Options.Verify).
+// every table file the MANIFEST lists the way Badger will, but on this
+// goroutine, so that a damaged table is an error here instead of a panic on
+// one of Badger's table-opening goroutines (which no recover can catch: a
+// crash loop). Each table's index (checksummed) and first and last blocks
+// are read; damage elsewhere in a table is found only when read
+// (Options.Verify).
 func precheck(dir string, bo badger.Options) error {
 	names, err := filepath.Glob(filepath.Join(dir, "*.sst"))
 	if err != nil || len(names) == 0 {
@@ -38,10 +35,6 @@ func precheck(dir string, bo badger.Options) error {
 	if err != nil {
 		return fmt.Errorf("%w: MANIFEST: %v", errDamaged, err)
 	}
-	var newest uint64
-	for id := range m.Tables {
-		newest = max(newest, id)
-	}
 	for _, name := range names {
 		id, ok := table.ParseFileID(filepath.Base(name))
 		if !ok {
@@ -49,9 +42,10 @@ func precheck(dir string, bo badger.Options) error {
 		}
 		tm, listed := m.Tables[id]
 		if !listed {
-			if id < newest {
-				return fmt.Errorf("%w: table %s is not in the MANIFEST", errDamaged, filepath.Base(name))
-			}
+			// Badger deletes it. After a crash that is normal (a flush or
+			// compaction that had not reached the MANIFEST; concurrent ones
+			// finish out of id order); after a clean close, the clean-close
+			// mark catches the loss.
 			continue
 		}
 		if err := checkTable(name, tm.Compression); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -153,9 +154,14 @@ func TestCrash(t *testing.T) {
 			t.Fatalf("round %d: child exited after %d appends", round, seen)
 		}
 
-		q, err := store.Open(dir, store.Options{MemTableSize: 1 << 20})
+		var logs strings.Builder
+		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		q, err := store.Open(dir, store.Options{MemTableSize: 1 << 20, Logger: log})
 		if err != nil {
 			t.Fatalf("round %d: reopen: %v", round, err)
+		}
+		if logs.Len() > 0 {
+			t.Logf("round %d: store log:\n%s", round, logs.String())
 		}
 		if d := q.Quarantined(); d != "" {
 			t.Fatalf("round %d: store quarantined after SIGKILL: %s", round, d)
