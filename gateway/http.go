@@ -65,6 +65,9 @@ func (g *Gateway) problems() []string {
 		if dir := g.queue.Quarantined(); dir != "" {
 			ps = append(ps, "store: corrupt store quarantined to "+dir)
 		}
+		if d := g.queue.Stats().Damaged; d != "" {
+			ps = append(ps, "store: damaged blocks found after open: "+d)
+		}
 	}
 	g.mu.Lock()
 	for part, err := range g.failed {
