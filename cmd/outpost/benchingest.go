@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,15 +80,15 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			add("single_client_ratio", "ratio outpost/mosquitto, 1 client", ingestRound3(ours.single/m.single))
 		}
 	}
-	if rss, ok := ingestPeakRSS(); ok {
+	if rss, ok := storePeakRSS(); ok {
 		add("peak_rss_mib", "peak RSS of this process, load generator included (MiB)", ingestRound1(rss))
 	}
 	if *asJSON {
-		b, _ := json.Marshal(map[string]any{"bench": "ingest", "machine": ingestMachine(), "metrics": metrics})
+		b, _ := json.Marshal(map[string]any{"bench": "ingest", "machine": storeMachine(), "metrics": metrics})
 		fmt.Fprintln(stdout, string(b))
 		return 0
 	}
-	fmt.Fprintf(stdout, "bench ingest on %s: QoS 1, %d-byte payloads, %v per run\n", ingestMachine(), load.size, load.dur)
+	fmt.Fprintf(stdout, "bench ingest on %s: QoS 1, %d-byte payloads, %v per run\n", storeMachine(), load.size, load.dur)
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "  %-62s %s\n", r[0], r[1])
 	}
@@ -426,41 +425,4 @@ func ingestStopped(stop <-chan struct{}, err error) error {
 	default:
 		return fmt.Errorf("write: %w", err)
 	}
-}
-
-// ingestMachine describes this machine for the JSON report.
-func ingestMachine() string {
-	host, _ := os.Hostname()
-	model := ""
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && (strings.TrimSpace(k) == "model name" || strings.TrimSpace(k) == "Model") {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	s := fmt.Sprintf("%s %s/%s %d CPU", host, runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
-	if model != "" {
-		s += " (" + model + ")"
-	}
-	return s
-}
-
-// ingestPeakRSS is this process's peak resident set (VmHWM).
-func ingestPeakRSS() (float64, bool) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			if err != nil {
-				return 0, false
-			}
-			return kb / 1024, true
-		}
-	}
-	return 0, false
 }
