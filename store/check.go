@@ -19,8 +19,9 @@ import (
 // goroutine, so that a damaged table is an error here instead of a panic on
 // one of Badger's table-opening goroutines (which no recover can catch: a
 // crash loop). Each table's index (checksummed) and first and last blocks
-// are read; damage elsewhere in a table is found only when read
-// (Options.Verify).
+// are read; after a clean close, every block of a table whose size or
+// modification time changed since (see cleanMark) is verified too. Other
+// damage inside a table is found only when read (Options.Verify).
 func precheck(dir string, bo badger.Options) error {
 	names, err := filepath.Glob(filepath.Join(dir, "*.sst"))
 	if err != nil || len(names) == 0 {
@@ -35,6 +36,10 @@ func precheck(dir string, bo badger.Options) error {
 	if err != nil {
 		return fmt.Errorf("%w: MANIFEST: %v", errDamaged, err)
 	}
+	clean, err := readClean(dir)
+	if err != nil {
+		return err
+	}
 	for _, name := range names {
 		id, ok := table.ParseFileID(filepath.Base(name))
 		if !ok {
@@ -48,7 +53,13 @@ func precheck(dir string, bo badger.Options) error {
 			// mark catches the loss.
 			continue
 		}
-		if err := checkTable(name, tm.Compression); err != nil {
+		full := false // verify every block, not just the index and ends
+		if clean != nil {
+			st, stamped := clean.Tables[filepath.Base(name)]
+			fi, err := os.Stat(name)
+			full = !stamped || err != nil || fi.Size() != st.Size || fi.ModTime().UnixNano() != st.Mtime
+		}
+		if err := checkTable(name, tm.Compression, full); err != nil {
 			return fmt.Errorf("%w: table %s: %v", errDamaged, filepath.Base(name), err)
 		}
 	}
@@ -64,7 +75,9 @@ func replayManifest(f *os.File, bo badger.Options) (m badger.Manifest, off int64
 	return badger.ReplayManifestFile(f, bo.ExternalMagicVersion, bo)
 }
 
-func checkTable(name string, c options.CompressionType) (err error) {
+// checkTable opens a table file as Badger will; with full it also checks
+// every block's checksum.
+func checkTable(name string, c options.CompressionType, full bool) (err error) {
 	mf, err := z.OpenMmapFile(name, os.O_RDONLY, 0)
 	if err != nil && !errors.Is(err, z.NewFile) {
 		return err
@@ -87,6 +100,12 @@ func checkTable(name string, c options.CompressionType) (err error) {
 		return err // OpenTable closed mf
 	}
 	opened = true
+	if full {
+		if err := t.VerifyChecksum(); err != nil {
+			t.MmapFile.Close(-1)
+			return fmt.Errorf("changed while the store was closed, and damaged: %w", err)
+		}
+	}
 	return t.MmapFile.Close(-1)
 }
 
@@ -127,10 +146,48 @@ const cleanFile = "CLEAN"
 type cleanMark struct {
 	NextSeq uint64 `json:"next_seq"`
 	CmdSeq  uint64 `json:"cmd_seq"`
+	// Tables stamps every table file at close. Badger never changes a
+	// table once written, so a table whose size or modification time
+	// differs at the next open was written to while the gateway was
+	// stopped: precheck then verifies every block of it.
+	Tables map[string]tableStamp `json:"tables,omitempty"`
+}
+
+type tableStamp struct {
+	Size  int64 `json:"size"`
+	Mtime int64 `json:"mtime_ns"`
+}
+
+// stampTables stamps the table files in dir.
+func stampTables(dir string) map[string]tableStamp {
+	names, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+	stamps := make(map[string]tableStamp, len(names))
+	for _, name := range names {
+		if fi, err := os.Stat(name); err == nil {
+			stamps[filepath.Base(name)] = tableStamp{fi.Size(), fi.ModTime().UnixNano()}
+		}
+	}
+	return stamps
+}
+
+// readClean returns the clean-close mark, or nil after a crash.
+func readClean(dir string) (*cleanMark, error) {
+	b, err := os.ReadFile(filepath.Join(dir, cleanFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var c cleanMark
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("%w: clean-close mark %q: %v", errDamaged, b, err)
+	}
+	return &c, nil
 }
 
 func writeClean(dir string, m meta) error {
-	b, _ := json.Marshal(cleanMark{m.NextSeq, m.CmdSeq})
+	b, _ := json.Marshal(cleanMark{NextSeq: m.NextSeq, CmdSeq: m.CmdSeq, Tables: stampTables(dir)})
 	f, err := os.Create(filepath.Join(dir, cleanFile))
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
@@ -150,16 +207,9 @@ func writeClean(dir string, m meta) error {
 
 func checkClean(dir string, m meta, readOnly bool) error {
 	path := filepath.Join(dir, cleanFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	var c cleanMark
-	if err := json.Unmarshal(b, &c); err != nil {
-		return fmt.Errorf("%w: clean-close mark %q: %v", errDamaged, b, err)
+	c, err := readClean(dir)
+	if c == nil || err != nil {
+		return err
 	}
 	if c.NextSeq != m.NextSeq || c.CmdSeq != m.CmdSeq {
 		return fmt.Errorf("%w: closed cleanly at seq %d (command %d) but recovered seq %d (command %d): data lost",
