@@ -23,6 +23,9 @@ import (
 // modification time changed since (see cleanMark) is verified too. Other
 // damage inside a table is found only when read (Options.Verify).
 func precheck(dir string, bo badger.Options) error {
+	if err := removeEmptyMemtables(dir); err != nil {
+		return err
+	}
 	names, err := filepath.Glob(filepath.Join(dir, "*.sst"))
 	if err != nil || len(names) == 0 {
 		return err
@@ -62,6 +65,30 @@ func precheck(dir string, bo badger.Options) error {
 		if err := checkTable(name, tm.Compression, full); err != nil {
 			return fmt.Errorf("%w: table %s: %v", errDamaged, filepath.Base(name), err)
 		}
+	}
+	return nil
+}
+
+// removeEmptyMemtables deletes write-ahead (.mem) files shorter than their
+// 20-byte header. A kill right after Badger created one, before it sized
+// it, leaves it empty; Badger v4.9.6 then refuses to open the database
+// ("while opening fid: N err: Create a new file": openMemTables treats its
+// own z.NewFile sentinel as an error). Such a file never held a record.
+func removeEmptyMemtables(dir string) error {
+	mems, _ := filepath.Glob(filepath.Join(dir, "*.mem"))
+	removed := false
+	for _, name := range mems {
+		fi, err := os.Stat(name)
+		if err != nil || fi.Size() >= 20 {
+			continue
+		}
+		if err := os.Remove(name); err != nil {
+			return fmt.Errorf("store: remove empty write-ahead log: %w", err)
+		}
+		removed = true
+	}
+	if removed {
+		return syncDir(dir)
 	}
 	return nil
 }

@@ -151,3 +151,25 @@ func leaseN(t *testing.T, q *store.Queue, n int) []*msg.Record {
 	}
 	return out
 }
+
+// A kill right after Badger created a write-ahead file, before it sized it,
+// leaves an empty .mem file; the store must still open with every record.
+func TestEmptyMemtableAfterKill(t *testing.T) {
+	base := t.TempDir()
+	fillStore(t, base, 1000)
+	if err := os.WriteFile(filepath.Join(base, "queue", "00099.mem"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(base, "queue", "CLEAN")) // as after a kill
+	q, err := store.Open(base, store.Options{})
+	if err != nil {
+		t.Fatalf("open with an empty .mem file: %v", err)
+	}
+	defer q.Close()
+	if qd := q.Quarantined(); qd != "" {
+		t.Fatalf("quarantined %s for an empty write-ahead file", qd)
+	}
+	if d := q.Stats().Depth; d != 1000 {
+		t.Fatalf("depth %d, want 1000", d)
+	}
+}
