@@ -2,8 +2,12 @@ package cloudlink
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"sync"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -90,22 +94,32 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			cancel(fmt.Errorf("cloudlink: connection lost: %w", err))
 		})
-	if s.tls != nil {
-		po.SetTLSConfig(s.tls)
-	}
+	// The session dials itself, so that it can close the socket for sure
+	// before it dials again: paho's Disconnect returns after its quiesce
+	// time even when the connection is not closed yet, and two overlapping
+	// connections of one client id make the broker (or IoT Hub) drop one.
+	var dialed netConn
+	po.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
+		return dialed.dial(ctx, s.addr, s.tls, po.ConnectTimeout)
+	})
 	c := paho.NewClient(po)
 	tok := c.Connect()
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
 		go c.Disconnect(0)
+		dialed.close()
 		return result{err: ctx.Err()}
 	}
 	if err := tok.Error(); err != nil {
+		dialed.close()
 		return result{err: fmt.Errorf("cloudlink: connect %s: %w", s.opt.URL, err)}
 	}
 	up := time.Now()
-	defer c.Disconnect(100)
+	defer func() {
+		c.Disconnect(100)
+		dialed.close()
+	}()
 
 	if s.opt.Inbox != nil {
 		st := c.Subscribe(s.d.c2dTopic(), 1, nil)
@@ -189,4 +203,47 @@ func (s *Session) depth() int {
 		return d.Len()
 	}
 	return 0
+}
+
+// netConn is the connection a paho client dialed through the session.
+type netConn struct {
+	mu     sync.Mutex
+	c      net.Conn
+	closed bool
+}
+
+// dial connects to addr, over TLS when tc is set, within timeout or until
+// ctx is done.
+func (n *netConn) dial(ctx context.Context, addr string, tc *tls.Config, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := &net.Dialer{}
+	var c net.Conn
+	var err error
+	if tc != nil {
+		c, err = (&tls.Dialer{NetDialer: d, Config: tc}).DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	n.c = c
+	return c, nil
+}
+
+// close closes the dialed connection (if any) and any dialed later.
+func (n *netConn) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	if n.c != nil {
+		n.c.Close()
+	}
 }

@@ -29,6 +29,9 @@ type forwarder struct {
 	closed bool                // releaseAll ran: nothing may be held any more
 	sent   int                 // publishes on this connection
 	start  time.Time
+	// wakeup, when set, is called when a backlog slot frees: the leaser
+	// waits for that (leaseLiveUntil).
+	wakeup context.CancelFunc
 }
 
 type pub struct {
@@ -82,40 +85,24 @@ func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) err
 	return err
 }
 
-// acquire takes one slot (blocking) and then up to want-1 more that are free.
-func (f *forwarder) acquire(ctx context.Context, want int) int {
-	select {
-	case f.slots <- struct{}{}:
-	case <-ctx.Done():
-		return 0
-	}
-	n := 1
-	for n < want {
-		select {
-		case f.slots <- struct{}{}:
-			n++
-			continue
-		default:
-		}
-		break
-	}
-	return n
-}
-
-func (f *forwarder) free(n int) {
-	for range n {
-		<-f.slots
-	}
-}
-
 func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) error {
 	if limit := f.s.opt.MaxMessageBytes; limit > 0 && r.Size() > limit {
 		reason := fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
-		if err := f.s.q.Reject(r.Seq, reason); err != nil {
+		f.mu.Lock()
+		if f.closed {
+			// releaseAll already gave the record back; the next
+			// connection rejects it.
+			f.mu.Unlock()
+			return nil
+		}
+		err := f.s.q.Reject(r.Seq, reason)
+		delete(f.leased, r.Seq)
+		f.mu.Unlock()
+		if err != nil {
 			return f.storeFail("reject", err)
 		}
-		f.forget(r.Seq)
 		f.freeOne(src)
+		f.wake()
 		f.s.update(func(st *Status) { st.Rejected++ })
 		f.s.log.Warn("record rejected to dead letters", "seq", r.Seq, "device", r.Device, "mid", r.ID, "reason", reason)
 		return nil
@@ -193,8 +180,13 @@ func (f *forwarder) ack(ctx context.Context) error {
 			delete(f.leased, seq)
 		}
 		f.mu.Unlock()
+		back := false
 		for _, src := range srcs {
 			f.freeOne(src)
+			back = back || src == srcBacklog
+		}
+		if back {
+			f.wake()
 		}
 		f.s.acked(len(batch), srcs)
 	}
@@ -208,10 +200,14 @@ func (f *forwarder) freeOne(src *source) {
 	}
 }
 
-func (f *forwarder) forget(seq uint64) {
+// wake tells a leaser waiting for backlog room that there may be some.
+func (f *forwarder) wake() {
 	f.mu.Lock()
-	delete(f.leased, seq)
+	w := f.wakeup
 	f.mu.Unlock()
+	if w != nil {
+		w()
+	}
 }
 
 func (f *forwarder) storeFail(op string, err error) error {

@@ -2,14 +2,20 @@ package cloudlink
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
 // liveQueue is optional, found on the queue by type assertion: a queue that
-// can lease past a sequence number lets the forwarder send live records ahead
-// of a backlog. Without it the session forwards in plain queue order.
+// can lease from a sequence number on lets the forwarder send live records
+// ahead of a backlog. Without it the session forwards in plain queue order.
+//
+// The forwarder polls with an already-done ctx and relies on the queue
+// looking for records before it looks at ctx (as *store.Queue does): such a
+// call returns what is available without waiting. A queue that checks ctx
+// first only loses the live-first preference, never records.
 type liveQueue interface {
 	// LeaseFrom is Lease restricted to records with Seq >= from: it blocks
 	// until at least one such record is available. (*store.Queue has it.)
@@ -26,165 +32,226 @@ var (
 	srcBacklog = &source{backlog: true}
 )
 
-// leaser feeds one connection's forwarder. Two shapes:
+// doneCtx is an already-cancelled context: a lease with it polls.
+var doneCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// backlogIdle is how long the backlog's Lease may find nothing before the
+// backlog counts as sent. Within one connection nothing is released, so once
+// Lease finds nothing the whole backlog is out; the wait only covers records
+// another producer's batch is about to make visible.
+const backlogIdle = 250 * time.Millisecond
+
+// lease feeds one connection's forwarder. Two shapes:
 //
 //   - fifo: one stream in queue order (StrictOrder, or a queue without
 //     LeaseFrom). Each device's records leave in sequence order.
-//   - live-first: at connect, every record up to the queue's last sequence
-//     number is backlog. A live stream leases only newer records and sends
-//     them at once; a backlog stream leases oldest-first, paced by
-//     ReplayRate, and may hold at most 3/4 of the in-flight window, so live
-//     data always finds a slot. Within each stream a device's records keep
-//     their order; across the two, live records overtake the backlog (the
-//     outpost-seq property lets the cloud restore the order).
+//   - live-first: at connect, every record before the queue's next sequence
+//     number (the mark) is backlog. Live records (from the mark on) go out as
+//     soon as they are there; the backlog goes oldest-first behind them,
+//     paced by ReplayRate, and may hold at most 3/4 of the in-flight window,
+//     so live data always finds a slot. One goroutine does all the leasing,
+//     so every record past the mark leaves in sequence order whether
+//     LeaseFrom or the backlog's Lease found it; backlog records keep their
+//     order too. Live records overtake the backlog (the outpost-seq property
+//     lets the cloud restore the order).
 func (f *forwarder) lease(ctx context.Context) error {
 	lq, ok := f.s.q.(liveQueue)
 	if f.s.opt.StrictOrder || !ok {
-		return f.stream(ctx, func(ctx context.Context, n int) ([]*msg.Record, *source, error) {
-			recs, err := f.s.q.Lease(ctx, n)
-			return recs, nil, err
+		return f.stream(ctx, func(ctx context.Context, n int) ([]*msg.Record, error) {
+			return f.s.q.Lease(ctx, n)
 		})
 	}
-	mark := lq.NextSeq() // the backlog is every record before mark
-	if mark > 0 {
-		mark--
-	}
-	f.s.startDrain(mark)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- f.stream(ctx, func(ctx context.Context, n int) ([]*msg.Record, *source, error) {
-			recs, err := lq.LeaseFrom(ctx, mark+1, n)
-			return recs, srcLive, err
-		})
-	}()
-	err := f.backlog(ctx, mark)
-	if err != nil {
-		cancel()
-		<-errc
-		return err
-	}
-	return <-errc
+	return f.liveFirst(ctx, lq)
 }
 
 // stream leases with next and publishes until ctx is done or next fails.
-func (f *forwarder) stream(ctx context.Context, next func(context.Context, int) ([]*msg.Record, *source, error)) error {
+//
+// It never holds in-flight slots while it waits in next: it leases first (up
+// to a window's worth ahead) and takes a slot per record just before
+// publishing it. A leaser that took its slots first and then waited for
+// records starved everyone else; that was a real stall: the live stream,
+// idle in LeaseFrom with no fresh data, held the whole window and the backlog
+// never got a slot (TestStreamHoldsNoSlotsWhileWaiting).
+func (f *forwarder) stream(ctx context.Context, next func(context.Context, int) ([]*msg.Record, error)) error {
 	for {
-		n := f.acquire(ctx, f.s.opt.MaxInflight)
-		if n == 0 {
-			return nil
-		}
-		recs, src, err := next(ctx, n)
+		recs, err := next(ctx, f.s.opt.MaxInflight)
 		if err != nil {
-			f.free(n)
 			if ctx.Err() != nil {
 				return nil
 			}
 			return f.storeFail("lease", err)
 		}
-		f.free(n - len(recs))
-		if !f.hold(recs) {
-			return nil
-		}
-		for _, r := range recs {
-			if err := f.publish(ctx, r, src); err != nil {
-				return err
-			}
+		if err := f.send(ctx, recs, 0, false); err != nil || ctx.Err() != nil {
+			return err
 		}
 	}
 }
 
-// backlog sends the records up to mark, paced, and returns nil once they are
-// all out (or ctx is done).
-func (f *forwarder) backlog(ctx context.Context, mark uint64) error {
-	window := max(f.s.opt.MaxInflight*3/4, 1)
-	own := f.backlogSlots // the backlog's share of the window
-	pace := newPacer(f.s.opt.ReplayRate, window)
-	for {
+// send holds recs and publishes them in order, each once it has an
+// in-flight slot. Records with Seq < mark are backlog; fromBacklog says the
+// backlog's Lease found them, holding a backlog slot for each, which a live
+// record among them (Seq >= mark) gives back. Records leased and not
+// published when ctx ends stay held and are released by releaseAll.
+func (f *forwarder) send(ctx context.Context, recs []*msg.Record, mark uint64, fromBacklog bool) error {
+	if !f.hold(recs) {
+		return nil
+	}
+	for _, r := range recs {
+		src := srcLive
+		if r.Seq < mark {
+			src = srcBacklog
+		} else if fromBacklog {
+			<-f.backlogSlots
+		}
 		select {
-		case own <- struct{}{}:
+		case f.slots <- struct{}{}:
 		case <-ctx.Done():
 			return nil
 		}
-		want := 1
-		for want < window {
-			select {
-			case own <- struct{}{}:
-				want++
-				continue
-			default:
-			}
-			break
+		if err := f.publish(ctx, r, src); err != nil {
+			return err
 		}
-		paced := pace.take(ctx, want)
-		n := 0
-		if paced > 0 {
-			n = f.acquire(ctx, paced)
-		}
-		if n == 0 {
+	}
+	return nil
+}
+
+// liveFirst is the live-first leaser (see lease).
+func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
+	mark := max(lq.NextSeq(), 1) // backlog: Seq < mark
+	f.s.startDrain(mark - 1)
+	own := f.backlogSlots
+	pace := newPacer(f.s.opt.ReplayRate, cap(own))
+	max := f.s.opt.MaxInflight
+	backlog := true
+	for {
+		if ctx.Err() != nil {
 			return nil
 		}
-		pace.giveBack(paced - n)
-		for range want - n {
-			<-own
+		// Live data first, whenever there is any.
+		recs, err := lq.LeaseFrom(doneCtx, mark, max)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return f.storeFail("lease", err)
 		}
-		// Within one connection nothing is released, so once Lease finds
-		// nothing for a moment the whole backlog is out.
-		lctx, lcancel := context.WithTimeout(ctx, 250*time.Millisecond)
-		recs, err := f.s.q.Lease(lctx, n)
-		lcancel()
-		if err != nil {
-			f.free(n)
-			for range n {
-				<-own
+		if len(recs) > 0 {
+			if err := f.send(ctx, recs, mark, false); err != nil {
+				return err
 			}
+			continue
+		}
+		fromBacklog := false
+		if !backlog {
+			recs, err = lq.LeaseFrom(ctx, mark, max)
+		} else if n, wait := f.backlogBudget(pace); n > 0 {
+			fromBacklog = true
+			recs, err = f.leaseBacklog(ctx, n, pace)
+			if err == nil && (len(recs) == 0 || recs[len(recs)-1].Seq >= mark) {
+				// Lease found nothing, or live data behind the last of
+				// the backlog: the backlog is out.
+				backlog = false
+				f.s.wg.Go(func() { f.backlogOut(ctx) })
+			}
+		} else {
+			recs, err = f.leaseLiveUntil(ctx, lq, mark, wait)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if lctx.Err() != nil {
-				return f.backlogOut(ctx, own, window)
-			}
 			return f.storeFail("lease", err)
 		}
-		f.free(n - len(recs))
-		for range n - len(recs) {
-			<-own
-		}
-		pace.giveBack(n - len(recs))
-		if !f.hold(recs) {
-			return nil
-		}
-		done := false
-		for _, r := range recs {
-			src := srcBacklog
-			if r.Seq > mark {
-				// The backlog is out; what Lease found now is live data.
-				src, done = srcLive, true
-				<-own
-			}
-			if err := f.publish(ctx, r, src); err != nil {
-				return err
-			}
-		}
-		if done {
-			return f.backlogOut(ctx, own, window)
+		if err := f.send(ctx, recs, mark, fromBacklog); err != nil {
+			return err
 		}
 	}
+}
+
+// backlogBudget takes as many backlog slots as are free and the pacer
+// allows, without waiting. When it takes none, wait is how long until the
+// pacer has a token (0: until a backlog slot frees).
+func (f *forwarder) backlogBudget(pace *pacer) (n int, wait time.Duration) {
+	own := f.backlogSlots
+	for n < cap(own) {
+		select {
+		case own <- struct{}{}:
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	got, wait := pace.take(n)
+	for range n - got {
+		<-own
+	}
+	return got, wait
+}
+
+// leaseBacklog leases up to n oldest records, holding n backlog slots, and
+// gives back the slots and tokens it did not use. It returns no records and
+// no error when Lease found nothing for backlogIdle.
+func (f *forwarder) leaseBacklog(ctx context.Context, n int, pace *pacer) ([]*msg.Record, error) {
+	lctx, cancel := context.WithTimeout(ctx, backlogIdle)
+	recs, err := f.s.q.Lease(lctx, n)
+	cancel()
+	for range n - len(recs) {
+		<-f.backlogSlots
+	}
+	pace.giveBack(n - len(recs))
+	if err != nil && lctx.Err() != nil && ctx.Err() == nil {
+		return nil, nil
+	}
+	return recs, err
+}
+
+// leaseLiveUntil waits for live data until the backlog may go on: a backlog
+// slot frees (the acker calls f.wake) or, when wait > 0, the pacer has a
+// token. It returns no records and no error when it stopped for that.
+func (f *forwarder) leaseLiveUntil(ctx context.Context, lq liveQueue, mark uint64, wait time.Duration) ([]*msg.Record, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if wait > 0 {
+		t := time.AfterFunc(wait, cancel)
+		defer t.Stop()
+	} else {
+		f.mu.Lock()
+		f.wakeup = cancel
+		f.mu.Unlock()
+		defer func() {
+			f.mu.Lock()
+			f.wakeup = nil
+			f.mu.Unlock()
+		}()
+		// A slot freed between backlogBudget and here would not call
+		// wakeup: look again now that it is installed.
+		if len(f.backlogSlots) < cap(f.backlogSlots) {
+			cancel()
+		}
+	}
+	recs, err := lq.LeaseFrom(wctx, mark, f.s.opt.MaxInflight)
+	if err != nil && wctx.Err() != nil && ctx.Err() == nil {
+		return nil, nil
+	}
+	return recs, err
 }
 
 // backlogOut waits for the backlog's last PUBACKs (by taking every backlog
 // slot) and ends the drain.
-func (f *forwarder) backlogOut(ctx context.Context, own chan struct{}, window int) error {
-	for range window {
+func (f *forwarder) backlogOut(ctx context.Context) {
+	for range cap(f.backlogSlots) {
 		select {
-		case own <- struct{}{}:
+		case f.backlogSlots <- struct{}{}:
 		case <-ctx.Done():
-			return nil
+			return
 		}
 	}
 	f.s.endDrain()
-	return nil
 }
 
 // hold records recs as leased by this connection. It returns false (and
@@ -205,133 +272,4 @@ func (f *forwarder) hold(recs []*msg.Record) bool {
 	}
 	f.mu.Unlock()
 	return true
-}
-
-// pacer is a token bucket: rate tokens/s, at most burst saved up. A zero
-// rate means unlimited.
-type pacer struct {
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-	now    func() time.Time
-}
-
-func newPacer(rate float64, burst int) *pacer {
-	return &pacer{rate: rate, burst: float64(burst), tokens: min(float64(burst), max(rate, 1)), last: time.Now(), now: time.Now}
-}
-
-// take waits until at least one token is available and takes up to want; it
-// returns how many it took (0 when ctx is done).
-func (p *pacer) take(ctx context.Context, want int) int {
-	if p.rate <= 0 {
-		return want
-	}
-	for {
-		now := p.now()
-		p.tokens = min(p.burst, p.tokens+now.Sub(p.last).Seconds()*p.rate)
-		p.last = now
-		if p.tokens >= 1 {
-			n := min(want, int(p.tokens))
-			p.tokens -= float64(n)
-			return n
-		}
-		wait := time.Duration((1 - p.tokens) / p.rate * float64(time.Second))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return 0
-		case <-t.C:
-		}
-	}
-}
-
-func (p *pacer) giveBack(n int) {
-	if p.rate > 0 {
-		p.tokens = min(p.burst, p.tokens+float64(n))
-	}
-}
-
-// drain tracks backlog replay progress for Status and the logs.
-type drain struct {
-	active    bool
-	start     time.Time
-	total     int // backlog size at connect (estimate)
-	sent      int // backlog records acknowledged
-	rateStart time.Time
-	rateSent  int
-	rate      float64
-	lastLog   time.Time
-}
-
-// startDrain begins tracking a backlog ending at mark.
-func (s *Session) startDrain(mark uint64) {
-	total := s.depth()
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
-	now := time.Now()
-	s.drain = drain{active: total > 0, start: now, total: total, rateStart: now, lastLog: now}
-	if total > 0 {
-		s.log.Info("replaying backlog behind live data", "backlog", total, "up_to_seq", mark, "replay_rate", s.opt.ReplayRate)
-	}
-}
-
-// endDrain is called when the backlog is out (its last acks may still come).
-func (s *Session) endDrain() {
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
-	if !s.drain.active {
-		return
-	}
-	s.drain.active = false
-	took := time.Since(s.drain.start)
-	s.log.Info("backlog replayed", "records", s.drain.sent, "took", took.Round(time.Millisecond),
-		"rate", int(float64(s.drain.sent)/max(took.Seconds(), 1e-3)))
-}
-
-// acked counts n records acknowledged upstream; srcs tags them.
-func (s *Session) acked(n int, srcs []*source) {
-	back := 0
-	for _, src := range srcs {
-		if src == srcBacklog {
-			back++
-		}
-	}
-	s.update(func(st *Status) { st.Forwarded += uint64(n) })
-	if back == 0 {
-		return
-	}
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
-	d := &s.drain
-	d.sent += back
-	now := time.Now()
-	if el := now.Sub(d.rateStart); el >= time.Second {
-		r := float64(d.sent-d.rateSent) / el.Seconds()
-		if d.rate == 0 {
-			d.rate = r
-		} else {
-			d.rate = 0.5*d.rate + 0.5*r
-		}
-		d.rateStart, d.rateSent = now, d.sent
-	}
-	if d.active && now.Sub(d.lastLog) >= 30*time.Second {
-		d.lastLog = now
-		st := s.drainStatus()
-		s.log.Info("replaying backlog", "remaining", st.Remaining, "rate", int(st.Rate), "eta", st.ETA.Round(time.Second))
-	}
-}
-
-// drainStatus computes Drain; s.drainMu must be held.
-func (s *Session) drainStatus() Drain {
-	d := &s.drain
-	st := Drain{Active: d.active, Rate: d.rate, Remaining: max(d.total-d.sent, 0)}
-	if !d.active {
-		st.Remaining = 0
-	}
-	if st.Rate > 0 {
-		st.ETA = time.Duration(float64(st.Remaining) / st.Rate * float64(time.Second))
-	}
-	return st
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -65,6 +66,8 @@ func waitDrained(t *testing.T, q *memQueue, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := q.waitEmpty(ctx); err != nil {
+		buf := make([]byte, 1<<20)
+		t.Logf("goroutines:\n%s", buf[:runtime.Stack(buf, true)])
 		t.Fatalf("queue not drained: %v", err)
 	}
 }
@@ -86,6 +89,8 @@ func TestMosquittoPlain(t *testing.T) {
 	want["leaf-a"] = append(want["leaf-a"], seq)
 	payloads[seq] = "late"
 	col.waitUnique(3001, 10*time.Second)
+	// The subscriber can see it before the session has its PUBACK.
+	waitDrained(t, q, 10*time.Second)
 	stop()
 	if dups := col.verify(want, payloads, true); dups != 0 {
 		t.Errorf("%d duplicates without any outage", dups)

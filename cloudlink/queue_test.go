@@ -54,6 +54,25 @@ func (q *memQueue) Append(device string, payload []byte, props ...msg.Prop) uint
 	return r.Seq
 }
 
+// AppendBurst stores n records for device at once (one wake-up for all of
+// them, as a store batch commit gives) and returns their seqs and payloads.
+func (q *memQueue) AppendBurst(device string, n int) ([]uint64, map[uint64]string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	seqs, payloads := make([]uint64, n), map[uint64]string{}
+	for i := range n {
+		q.next++
+		p := fmt.Sprintf(`{"burst":%d}`, q.next)
+		r := &msg.Record{Seq: q.next, ID: fmt.Sprintf("mid-%d", q.next), Device: device, Priority: msg.Normal,
+			Payload: []byte(p), Enqueued: time.Now()}
+		q.recs[r.Seq] = r
+		q.order = append(q.order, r.Seq)
+		seqs[i], payloads[r.Seq] = r.Seq, p
+	}
+	q.signal()
+	return seqs, payloads
+}
+
 func (q *memQueue) Lease(ctx context.Context, max int) ([]*msg.Record, error) {
 	for {
 		q.mu.Lock()
