@@ -152,7 +152,7 @@ func TestOutageMosquittoRestart(t *testing.T) {
 		col.forgetSubscriptions()
 		old := m.Proc
 		m.Kill()
-		logs = append(logs, old.Output())
+		logs = append(logs, old.Exited())
 		gate.Set(tcpproxy.Cut)
 		m.Start()
 		col.waitSubscribed(10 * time.Second)
@@ -162,7 +162,8 @@ func TestOutageMosquittoRestart(t *testing.T) {
 	waitDrained(t, q, 20*time.Second)
 	col.settle(n, 3*time.Second) // some may never come: see above
 	lost, dups := col.check(want, payloads, true)
-	brokerAcked := pubackedMids(append(logs, m.Output()), "gw-restart")
+	m.Kill() // so that its log is complete
+	brokerAcked := pubackedMids(append(logs, m.Exited()), "gw-restart")
 	ours := 0
 	for _, seq := range lost {
 		if !brokerAcked[fmt.Sprintf("mid-%d", seq)] {

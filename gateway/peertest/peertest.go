@@ -47,6 +47,16 @@ type Proc struct {
 	// it is never closed and drops lines when nobody reads.
 	Lines chan string
 	done  chan struct{}
+	read  chan struct{} // closed once all output has been collected
+}
+
+// Exited waits until the process has exited and everything it printed has
+// been collected, and returns its output. (Output right after Kill can miss
+// the last lines: they may still be in the reader.)
+func (p *Proc) Exited() string {
+	<-p.done
+	<-p.read
+	return p.Output()
 }
 
 // Output returns everything the peer printed so far.
@@ -103,7 +113,7 @@ func Start(t testing.TB, cmd *exec.Cmd, ready *regexp.Regexp) *Proc {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
-	p := &Proc{Cmd: cmd, Lines: make(chan string, 1024), done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, Lines: make(chan string, 1024), done: make(chan struct{}), read: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
@@ -115,6 +125,7 @@ func Start(t testing.TB, cmd *exec.Cmd, ready *regexp.Regexp) *Proc {
 		close(p.done)
 	}()
 	go func() {
+		defer close(p.read)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
