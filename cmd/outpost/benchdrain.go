@@ -185,13 +185,14 @@ loop:
 	return 0
 }
 
-// drainFill appends n records of size bytes over 8 devices, 1000 per call.
+// drainFill appends n records of size bytes over 8 devices, 250 per call
+// (one Append must fit one Badger transaction: store.ErrTooLarge).
 func drainFill(ctx context.Context, q *store.Queue, n, size int) error {
 	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
-	const batch = 1000
+	const batch = 250
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	next := make(chan int)
