@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
@@ -86,6 +87,12 @@ func (d azureDialect) topic(r *msg.Record) string {
 	if r.Device != d.device {
 		ps = ps.Set(PropDevice, r.Device)
 	}
+	// IoT Hub routes on the body only with a JSON $.ct and $.ce=utf-8.
+	if ct, _ := ps.Get(msg.PropContentType); isJSON(ct) {
+		if _, ok := ps.Get(msg.PropContentEncoding); !ok {
+			ps = append(ps, msg.Prop{Key: msg.PropContentEncoding, Value: "utf-8"})
+		}
+	}
 	return msg.EventsTopic(d.device, ps)
 }
 
@@ -106,4 +113,10 @@ func (d azureDialect) c2d(topic string) (string, msg.Props, error) {
 		return leaf, ps, nil
 	}
 	return dev, ps, nil
+}
+
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
 }

@@ -12,6 +12,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 // dialect is what differs between a generic broker and IoT Hub.
@@ -199,8 +200,11 @@ func (s *Session) connected(downSince time.Time) {
 
 // depth is the outbox depth when the queue can tell, else 0.
 func (s *Session) depth() int {
-	if d, ok := s.q.(interface{ Len() int }); ok {
-		return d.Len()
+	switch q := s.q.(type) {
+	case interface{ Len() int }:
+		return q.Len()
+	case interface{ Stats() store.Stats }:
+		return int(q.Stats().Depth)
 	}
 	return 0
 }
