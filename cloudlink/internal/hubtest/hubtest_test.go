@@ -42,7 +42,7 @@ func token(t *testing.T, device, key string, ttl time.Duration) string {
 func client(t *testing.T, h *hubtest.Hub, id, user, pass string, version uint, onMsg paho.MessageHandler) (paho.Client, error) {
 	t.Helper()
 	lost := make(chan error, 1)
-	o := paho.NewClientOptions().AddBroker("tcp://"+h.Addr()).SetClientID(id).SetUsername(user).SetPassword(pass).
+	o := paho.NewClientOptions().AddBroker("tcp://" + h.Addr()).SetClientID(id).SetUsername(user).SetPassword(pass).
 		SetProtocolVersion(version).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(5 * time.Second).SetDefaultPublishHandler(onMsg).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
