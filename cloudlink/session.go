@@ -28,6 +28,8 @@ type Session struct {
 	dedupe  *recentIDs
 	wg      sync.WaitGroup // leasers that may outlive their connection briefly
 	rng     func() float64 // [0,1); replaced in tests
+	// serveFn is s.serve: one connection, start to end; replaced in tests.
+	serveFn func(ctx context.Context, downSince time.Time) result
 }
 
 // Status is a snapshot of a session's state.
@@ -79,6 +81,7 @@ func New(opt Options, q queue) (*Session, error) {
 	}
 	s := &Session{opt: o, q: q, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol), dedupe: newRecentIDs(4096)}
 	s.rng = randFloat
+	s.serveFn = s.serve
 	s.st.Protocol = o.Protocol
 	s.st.Since = time.Now()
 	if o.Protocol == ProtocolNone {
@@ -140,7 +143,7 @@ func (s *Session) Run(ctx context.Context) error {
 		everUp    bool
 	)
 	for {
-		res := s.serve(ctx, downSince)
+		res := s.serveFn(ctx, downSince)
 		if ctx.Err() != nil {
 			return nil
 		}
