@@ -1,20 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -197,16 +193,6 @@ func bridgeFill(ctx context.Context, addr string, n, size int) error {
 // remote. With persist, it keeps its queue on disk under dir (saved every
 // second, the shortest interval Mosquitto offers).
 func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, inflight int, persist bool) (*benchMosquitto, error) {
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		return nil, fmt.Errorf("mosquitto is needed for the bridge comparison: %w", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	p := "persistence false\n"
 	if persist {
 		p = fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir)
@@ -214,15 +200,10 @@ func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, in
 			p += "user root\n"
 		}
 	}
-	conf := filepath.Join(dir, "bridge.conf")
-	body := fmt.Sprintf(`listener %d 127.0.0.1
+	return runBenchMosquitto(ctx, dir, "bridge.conf", func(port int) string {
+		return fmt.Sprintf(`listener %d 127.0.0.1
 allow_anonymous true
-%slog_dest stderr
-log_type error
-log_type warning
-log_type notice
-log_type information
-max_queued_messages %d
+%s%smax_queued_messages %d
 max_inflight_messages %d
 connection bench
 address %s
@@ -232,45 +213,8 @@ try_private false
 notifications false
 restart_timeout 1
 bridge_protocol_version mqttv311
-`, port, p, maxQueued, inflight, remote)
-	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, bin, "-c", conf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	errPipe, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	m := &benchMosquitto{cmd: cmd, addr: "127.0.0.1:" + strconv.Itoa(port)}
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(errPipe)
-		var out []string
-		for sc.Scan() {
-			out = append(out, sc.Text())
-			if strings.Contains(sc.Text(), " running") {
-				ready <- nil
-				_, _ = io.Copy(io.Discard, errPipe)
-				return
-			}
-		}
-		ready <- errors.New("mosquitto exited: " + strings.Join(out, "; "))
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			m.stop()
-			return nil, err
-		}
-	case <-time.After(10 * time.Second):
-		m.stop()
-		return nil, errors.New("bridging mosquitto did not start within 10s")
-	}
-	return m, nil
+`, port, p, benchMosquittoLog, maxQueued, inflight, remote)
+	})
 }
 
 // procPeakRSS is VmHWM of process pid in MiB (0 when unreadable).

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	size := fs.Int("size", 200, "payload bytes per record")
 	inflight := fs.Int("inflight", 64, "cloud.max_inflight")
 	dir := fs.String("dir", os.TempDir(), "where to create the temporary store")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the drain phase to this file")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -97,6 +99,19 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	runCtx, stopRun := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	progress("draining to Mosquitto %s...", mq.addr)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			stopRun()
+			return fail(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			stopRun()
+			return fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	start := time.Now()
 	go func() { runErr <- s.Run(runCtx) }()
 
@@ -257,9 +272,21 @@ type benchMosquitto struct {
 	addr string
 }
 
-// startBenchMosquitto runs mosquitto on a free loopback port and waits for
-// its "running" line.
+// startBenchMosquitto runs a plain mosquitto on a free loopback port.
 func startBenchMosquitto(ctx context.Context, dir string) (*benchMosquitto, error) {
+	return runBenchMosquitto(ctx, dir, "mosquitto.conf", func(port int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%smax_queued_messages 0\n", port, benchMosquittoLog)
+	})
+}
+
+// benchMosquittoLog is the logging a benchmark's mosquitto needs: its
+// "running" line on stderr.
+const benchMosquittoLog = "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+
+// runBenchMosquitto writes the config conf(port) for a free loopback port
+// to dir/name, starts mosquitto in its own process group and waits for its
+// "running" line.
+func runBenchMosquitto(ctx context.Context, dir, name string, conf func(port int) string) (*benchMosquitto, error) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		return nil, fmt.Errorf("mosquitto is needed for this benchmark: %w", err)
@@ -270,12 +297,11 @@ func startBenchMosquitto(ctx context.Context, dir string) (*benchMosquitto, erro
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	conf := filepath.Join(dir, "mosquitto.conf")
-	body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_queued_messages 0\n", port)
-	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(conf(port)), 0o644); err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-c", conf)
+	cmd := exec.CommandContext(ctx, bin, "-c", path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	errPipe, err := cmd.StderrPipe()
 	if err != nil {
