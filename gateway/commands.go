@@ -29,8 +29,8 @@ import (
 // offline waits until the device is back or the deadline passes. The same id
 // is never applied twice: the store refuses a second PutCommand of an id.
 // Every command ends in exactly one D2C result (type=command-result,
-// $.cid = the command id, $.mid = id + "/result", so a copy resent after a
-// crash carries the same id and the cloud can tell it is the same result).
+// $.cid = the command id, $.mid = id + "/result"), queued in the same store
+// transaction that makes the command final.
 //
 // After a restart, accepted commands run as usual. A command found
 // "executing" may or may not have been actuated: a write (setting values)
@@ -310,9 +310,9 @@ func (l *ledger) setState(ctx context.Context, c *store.Command, s store.Command
 	return nil
 }
 
-// finish queues the command's one result upstream, then closes it in the
-// ledger. If the gateway dies between the two, the command is run again at
-// the next start and its result, with the same $.mid, queued again.
+// finish closes the command in the ledger and queues its one result
+// upstream, in one store transaction (store.FinishCommand): a command is
+// never final without its result queued, nor its result queued twice.
 func (l *ledger) finish(ctx context.Context, c store.Command, res msg.Result) error {
 	body, err := json.Marshal(res)
 	if err != nil {
@@ -329,11 +329,8 @@ func (l *ledger) finish(ctx context.Context, c store.Command, res msg.Result) er
 		},
 		Payload: body,
 	}
-	if err := l.q.Append(ctx, rec); err != nil {
-		return fmt.Errorf("gateway: command %s: queue result: %w", c.ID, err)
-	}
-	if err := l.q.SetCommandState(ctx, c.ID, store.CommandState(res.Status), string(body)); err != nil && !errors.Is(err, store.ErrCommandFinal) {
-		return fmt.Errorf("gateway: command %s: %w", c.ID, err)
+	if err := l.q.FinishCommand(ctx, c.ID, store.CommandState(res.Status), string(body), rec); err != nil && !errors.Is(err, store.ErrCommandFinal) {
+		return fmt.Errorf("gateway: command %s: finish: %w", c.ID, err)
 	}
 	c.State = store.CommandState(res.Status)
 	l.track(c, &res)

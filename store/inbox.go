@@ -296,3 +296,51 @@ func (q *Queue) sweepCommands(ctx context.Context, now time.Time) error {
 		}
 	}
 }
+
+// FinishCommand closes command id in a final state and queues its result
+// record in the outbox in one synced transaction: the command is never
+// final without its result queued, nor its result queued twice. It assigns
+// result.Seq (and result.ID when empty) like Append. A command already
+// final in the same state is a no-op (nil, nothing queued); in another
+// state, ErrCommandFinal. A full outbox under the reject policy returns
+// ErrFull and changes nothing.
+func (q *Queue) FinishCommand(ctx context.Context, id string, state CommandState, detail string, result *msg.Record) error {
+	if !state.Final() {
+		return fmt.Errorf("store: command %s: %q is not a final state", id, state)
+	}
+	est := int64(result.Size()) + 2*int64(len(detail)) + 1024
+	return q.doSized(ctx, est, func(b *batch) error {
+		c, err := getCommand(b.txn, id)
+		if err != nil {
+			return err
+		}
+		if c.State.Final() {
+			if c.State == state {
+				return nil
+			}
+			return fmt.Errorf("store: command %s is %s: %w", id, c.State, ErrCommandFinal)
+		}
+		if err := q.diskLow(); err != nil {
+			return err
+		}
+		o := &op{kind: opAppend, recs: []*msg.Record{result}}
+		if err := q.applyAppend(b, o); err != nil {
+			return err
+		}
+		if o.err != nil {
+			return o.err
+		}
+		c.State, c.Detail, c.Updated = state, detail, b.now
+		v, err := json.Marshal(&c)
+		if err != nil {
+			return err
+		}
+		if err := b.set(cmdKey(id), v); err != nil {
+			return err
+		}
+		if err := b.del(pendingKey(c.Device, c.Seq)); err != nil {
+			return err
+		}
+		return b.set(finishedKey(c.Updated, id), nil)
+	})
+}

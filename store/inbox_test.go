@@ -106,3 +106,52 @@ func TestInbox(t *testing.T) {
 		t.Fatalf("open command c2 removed by the sweep: %v", err)
 	}
 }
+
+// FinishCommand makes a command final and queues its result in one
+// transaction; it never queues a result twice, and a full outbox under the
+// reject policy leaves the command open.
+func TestFinishCommand(t *testing.T) {
+	ctx := context.Background()
+	q, err := store.Open(t.TempDir(), store.Options{MaxBytes: 600, WhenFull: store.Reject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := q.PutCommand(ctx, &store.Command{ID: id, Device: "d", State: store.CmdAccepted}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := func(id string, n int) *msg.Record {
+		return &msg.Record{ID: id + "/result", Device: "d", Priority: msg.High, Payload: make([]byte, n)}
+	}
+	if err := q.FinishCommand(ctx, "c1", store.CmdDone, `{"status":"done"}`, res("c1", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := q.Command("c1"); c.State != store.CmdDone {
+		t.Fatalf("c1 state %s", c.State)
+	}
+	if err := q.FinishCommand(ctx, "c1", store.CmdDone, "", res("c1", 100)); err != nil {
+		t.Fatalf("finishing twice in the same state: %v", err)
+	}
+	if err := q.FinishCommand(ctx, "c1", store.CmdFailed, "", res("c1", 100)); !errors.Is(err, store.ErrCommandFinal) {
+		t.Fatalf("finishing in another state = %v, want ErrCommandFinal", err)
+	}
+	if d := q.Stats().Depth; d != 1 {
+		t.Fatalf("depth %d, want exactly one result queued", d)
+	}
+	// The outbox is full: the command stays open, nothing is queued.
+	if err := q.FinishCommand(ctx, "c2", store.CmdDone, "", res("c2", 1000)); !errors.Is(err, store.ErrFull) {
+		t.Fatalf("finish into a full outbox = %v, want ErrFull", err)
+	}
+	if c, _ := q.Command("c2"); c.State != store.CmdAccepted {
+		t.Fatalf("c2 state %s after a refused finish, want accepted", c.State)
+	}
+	if open, _ := q.PendingCommands("d", 0); len(open) != 1 || open[0].ID != "c2" {
+		t.Fatalf("pending %+v, want c2", open)
+	}
+	recs, err := q.Lease(ctx, 10)
+	if err != nil || len(recs) != 1 || recs[0].ID != "c1/result" {
+		t.Fatalf("lease = %v, %v", recs, err)
+	}
+}
