@@ -1,6 +1,7 @@
 package cloudlink
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
 )
@@ -103,6 +105,10 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	po.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
 		return dialed.dial(ctx, s.addr, s.tls, po.ConnectTimeout)
 	})
+	// Every connection is a fresh client and the session resends what was
+	// not acknowledged itself: paho's own store would only cost a map entry
+	// per publish.
+	po.SetStore(nopStore{})
 	c := paho.NewClient(po)
 	tok := c.Connect()
 	select {
@@ -239,8 +245,29 @@ func (n *netConn) dial(ctx context.Context, addr string, tc *tls.Config, timeout
 		return nil, net.ErrClosed
 	}
 	n.c = c
-	return c, nil
+	return &bufConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10)}, nil
 }
+
+// bufConn buffers reads: paho reads a packet's fixed header a byte at a
+// time, which made every PUBACK cost three read syscalls. Only paho's one
+// reader goroutine reads.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// nopStore is a paho.Store that keeps nothing.
+type nopStore struct{}
+
+func (nopStore) Open()                             {}
+func (nopStore) Put(string, packets.ControlPacket) {}
+func (nopStore) Get(string) packets.ControlPacket  { return nil }
+func (nopStore) All() []string                     { return nil }
+func (nopStore) Del(string)                        {}
+func (nopStore) Close()                            {}
+func (nopStore) Reset()                            {}
 
 // close closes the dialed connection (if any) and any dialed later.
 func (n *netConn) close() {

@@ -127,14 +127,24 @@ func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
 	pace := newPacer(f.s.opt.ReplayRate, cap(own))
 	max := f.s.opt.MaxInflight
 	backlog := true
+	polled := uint64(0) // NextSeq at the last poll that found nothing
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		// Live data first, whenever there is any.
-		recs, err := lq.LeaseFrom(doneCtx, mark, max)
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return f.storeFail("lease", err)
+		// Live data first, whenever there is any. Nothing is released
+		// within a connection, so only an append can make a poll that found
+		// nothing find something.
+		var recs []*msg.Record
+		var err error
+		if next := lq.NextSeq(); next != polled {
+			recs, err = lq.LeaseFrom(doneCtx, mark, max)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return f.storeFail("lease", err)
+			}
+			if len(recs) == 0 {
+				polled = next
+			}
 		}
 		if len(recs) > 0 {
 			if err := f.send(ctx, recs, mark, false); err != nil {
