@@ -38,6 +38,12 @@ type collector struct {
 
 func collect(t testing.TB, url string, tc *tls.Config, user, pass string) *collector {
 	t.Helper()
+	return collectFilter(t, url, tc, user, pass, "devices/+/messages/events/#")
+}
+
+// collectFilter is collect for the D2C topics matching filter only.
+func collectFilter(t testing.TB, url string, tc *tls.Config, user, pass, filter string) *collector {
+	t.Helper()
 	col := &collector{t: t, seen: map[string]bool{}, wake: make(chan struct{}), subs: make(chan struct{}, 100)}
 	o := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("cloud-app-%d", time.Now().UnixNano())).
 		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(50 * time.Millisecond).
@@ -46,7 +52,6 @@ func collect(t testing.TB, url string, tc *tls.Config, user, pass string) *colle
 	if tc != nil {
 		o.SetTLSConfig(tc)
 	}
-	const filter = "devices/+/messages/events/#"
 	o.SetOnConnectHandler(func(c paho.Client) {
 		// Re-subscribe after a broker restart (its sessions are not persisted).
 		go func() {
