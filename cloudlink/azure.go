@@ -58,11 +58,12 @@ func AzureUsername(host, deviceID string) string {
 type azureDialect struct {
 	host, device string
 	key          string // base64; empty with X.509
+	keyName      string // shared access policy name; empty for a device key
 	ttl          time.Duration
 }
 
 func newAzureDialect(o Options) (dialect, error) {
-	return azureDialect{host: o.Azure.Host, device: o.Azure.DeviceID, key: o.Azure.SharedAccessKey, ttl: o.Azure.TokenTTL}, nil
+	return azureDialect{host: o.Azure.Host, device: o.Azure.DeviceID, key: o.Azure.SharedAccessKey, keyName: o.Azure.KeyName, ttl: o.Azure.TokenTTL}, nil
 }
 
 func (d azureDialect) clientID() string { return d.device }
@@ -73,7 +74,7 @@ func (d azureDialect) credentials(now time.Time) (string, string, time.Time, err
 		return user, "", time.Time{}, nil
 	}
 	exp := now.Add(d.ttl).Truncate(time.Second)
-	tok, err := SASToken(d.host+"/devices/"+d.device, d.key, exp, "")
+	tok, err := SASToken(d.host+"/devices/"+d.device, d.key, exp, d.keyName)
 	return user, tok, exp, err
 }
 

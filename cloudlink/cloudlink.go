@@ -70,6 +70,10 @@ type AzureOptions struct {
 	Host            string // myhub.azure-devices.net
 	DeviceID        string // the gateway's identity
 	SharedAccessKey string // base64; empty with X.509 (Options.CertFile/KeyFile)
+	// KeyName, when set, makes SharedAccessKey a shared access policy key
+	// (with DeviceConnect) rather than the device's own: tokens carry
+	// skn=KeyName and are signed with it for sr={host}/devices/{id}.
+	KeyName string
 	Identity        string // "gateway" (default) or "per-device"
 	// DeviceKeys holds each leaf's key for Identity "per-device".
 	DeviceKeys map[string]string

@@ -169,3 +169,48 @@ func uniqueMids(d []hubtest.D2C) map[string]bool {
 	}
 	return m
 }
+
+// TestAzurePolicyKey connects with a shared access policy key (skn) instead
+// of the device's own key, and is refused with the policy key under a wrong
+// policy name.
+func TestAzurePolicyKey(t *testing.T) {
+	pki := makePKI(t, t.TempDir())
+	const policyKey = "cG9saWN5LWtleS13aXRoLWRldmljZS1jb25uZWN0" // "policy-key-with-device-connect"
+	cert, err := tls.LoadX509KeyPair(pki.serverCert, pki.serverKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := hubtest.Start(hubtest.Options{Host: testHubHost, Devices: map[string]string{"gw-01": testGWKey},
+		Policies: map[string]string{"device-connect": policyKey}, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hub.Close() })
+	for _, tc := range []struct {
+		name, keyName string
+		ok            bool
+	}{{"policy", "device-connect", true}, {"wrong policy name", "registryRead", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newMemQueue()
+			fill(q, 5, "gw-01")
+			s, err := New(fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
+				Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: policyKey, KeyName: tc.keyName}}), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runSession(t, s)
+			if tc.ok {
+				waitDrained(t, q, 10*time.Second)
+				return
+			}
+			st := waitStatus(t, s, func(st Status) bool { return st.LastError != "" })
+			stop()
+			if st.Forwarded != 0 || !strings.Contains(st.LastError, "not Authorized") && !strings.Contains(st.LastError, "bad user name or password") {
+				t.Errorf("status %+v, want refused", st)
+			}
+			if hub.Count(hubtest.Refused, "gw-01") == 0 {
+				t.Errorf("hub refused nothing: %v", hub.Events())
+			}
+		})
+	}
+}
