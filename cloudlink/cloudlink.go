@@ -73,8 +73,8 @@ type AzureOptions struct {
 	// KeyName, when set, makes SharedAccessKey a shared access policy key
 	// (with DeviceConnect) rather than the device's own: tokens carry
 	// skn=KeyName and are signed with it for sr={host}/devices/{id}.
-	KeyName string
-	Identity        string // "gateway" (default) or "per-device"
+	KeyName  string
+	Identity string // "gateway" (default) or "per-device"
 	// DeviceKeys holds each leaf's key for Identity "per-device".
 	DeviceKeys map[string]string
 	// TokenTTL is the SAS token lifetime (default 1 h); the session reconnects
