@@ -91,6 +91,9 @@ type Options struct {
 
 	CAFile, CertFile, KeyFile string
 	InsecureSkipVerify        bool
+	// ServerName is the name the server certificate must carry (default:
+	// the URL's host).
+	ServerName string
 
 	MaxInflight int           // unacknowledged publishes (default 64; azure 16)
 	KeepAlive   time.Duration // MQTT keep-alive, detects half-open links (default 60 s)

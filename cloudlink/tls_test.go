@@ -127,6 +127,8 @@ func TestMosquittoSecure(t *testing.T) {
 		{"wrong password", Options{URL: "mqtt://" + m.Addr, Username: "gwuser", Password: "nope"}, "not Authorized"},
 		{"tls with ca_file", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca}, ""},
 		{"tls, system roots only", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass"}, "certificate"},
+		{"tls, server name set", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca, ServerName: "localhost"}, ""},
+		{"tls, wrong server name", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca, ServerName: "broker.example"}, "certificate"},
 		{"mtls", Options{URL: "mqtts://" + mtlsAddr, CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}, ""},
 		{"mtls without client cert", Options{URL: "mqtts://" + mtlsAddr, CAFile: pki.ca}, "connect"},
 	} {
