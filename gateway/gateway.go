@@ -201,6 +201,7 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		ClientID: c.ClientID, Username: c.Username,
 		CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
 		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
+		ServerName:         c.TLS.ServerName,
 		MaxInflight:        c.MaxInflight,
 		KeepAlive:          c.Keepalive,
 		ReplayRate:         c.ReplayRate,
@@ -226,7 +227,7 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 			key = strings.TrimSpace(string(b))
 		}
 		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
-			Identity: string(c.Identity), TokenTTL: c.SASTTL}
+			KeyName: c.SharedAccessKeyName, Identity: string(c.Identity), TokenTTL: c.SASTTL}
 	}
 	return opt, nil
 }
