@@ -86,3 +86,38 @@ func TestEmitStores(t *testing.T) {
 		t.Errorf("devices %+v", st.Devices)
 	}
 }
+
+// The cloud section reaches the cloud link: secrets read from their files
+// (trailing newline dropped), TLS names, the Azure identity.
+func TestLinkOptions(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "cloud.secret")
+	key := filepath.Join(dir, "sas.key")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	os.WriteFile(key, []byte("a2V5\n"), 0o600)
+
+	cfg := config.Default()
+	cfg.Gateway.ID = "gw-1"
+	cfg.Cloud.Protocol = config.ProtocolMQTT
+	cfg.Cloud.URL = "mqtts://broker:8883"
+	cfg.Cloud.PasswordFile = pw
+	cfg.Cloud.TLS.ServerName = "broker.example"
+	opt, err := New(cfg, nil).linkOptions()
+	if err != nil || opt.Password != "s3cret" || opt.ClientID != "gw-1" || opt.ServerName != "broker.example" {
+		t.Fatalf("mqtt linkOptions = %+v, %v", opt, err)
+	}
+
+	cfg.Cloud.Protocol = config.ProtocolAzure
+	cfg.Cloud.PasswordFile = ""
+	cfg.Cloud.Host, cfg.Cloud.DeviceID = "hub.example", "gw-1"
+	cfg.Cloud.SharedAccessKeyFile, cfg.Cloud.SharedAccessKeyName = key, "gateways"
+	opt, err = New(cfg, nil).linkOptions()
+	if err != nil || opt.Azure.SharedAccessKey != "a2V5" || opt.Azure.KeyName != "gateways" || opt.Azure.Host != "hub.example" {
+		t.Fatalf("azure linkOptions = %+v, %v", opt.Azure, err)
+	}
+
+	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
+	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {
+		t.Fatalf("missing key file: %v", err)
+	}
+}
