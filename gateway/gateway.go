@@ -210,6 +210,10 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 	if opt.ClientID == "" {
 		opt.ClientID = g.cfg.Gateway.ID
 	}
+	if c.Pack.MaxBytes > 0 {
+		// Refused rather than silently ignored until cloudlink packs.
+		return opt, errors.New("gateway: cloud.pack is not supported by this version")
+	}
 	if c.PasswordFile != "" {
 		pw, err := os.ReadFile(c.PasswordFile)
 		if err != nil {

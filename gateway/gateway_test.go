@@ -116,6 +116,12 @@ func TestLinkOptions(t *testing.T) {
 		t.Fatalf("azure linkOptions = %+v, %v", opt.Azure, err)
 	}
 
+	cfg.Cloud.Pack.MaxBytes = 4096
+	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "cloud.pack") {
+		t.Fatalf("cloud.pack: %v, want refused until supported", err)
+	}
+	cfg.Cloud.Pack.MaxBytes = 0
+
 	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
 	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {
 		t.Fatalf("missing key file: %v", err)
