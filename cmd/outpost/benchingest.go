@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +44,7 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	vsMosq := fs.Bool("vs-mosquitto", false, "also measure a Mosquitto started by the benchmark")
 	asJSON := fs.Bool("json", false, `print one JSON object {"bench":"ingest","machine":...,"metrics":{...}}`)
 	dir := fs.String("dir", "", "where the store goes (default: a temporary directory, removed after)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the outpost runs to this file")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -58,7 +60,22 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		rows = append(rows, [2]string{label, strconv.FormatFloat(v, 'f', -1, 64)})
 	}
 
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench ingest: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "bench ingest: %v\n", err)
+			return 1
+		}
+	}
 	ours, err := ingestOutpost(ctx, *dir, load)
+	if *cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bench ingest: %v\n", err)
 		return 1
