@@ -1,7 +1,6 @@
 package cloudlink
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -103,7 +102,7 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	// connections of one client id make the broker (or IoT Hub) drop one.
 	var dialed netConn
 	po.SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
-		return dialed.dial(ctx, s.addr, s.tls, po.ConnectTimeout)
+		return dialed.dial(ctx, s.addr, s.tls, po.ConnectTimeout, po.WriteTimeout)
 	})
 	// Every connection is a fresh client and the session resends what was
 	// not acknowledged itself: paho's own store would only cost a map entry
@@ -218,13 +217,14 @@ func (s *Session) depth() int {
 // netConn is the connection a paho client dialed through the session.
 type netConn struct {
 	mu     sync.Mutex
-	c      net.Conn
+	c      net.Conn // the socket
+	b      *bufConn // what paho got
 	closed bool
 }
 
 // dial connects to addr, over TLS when tc is set, within timeout or until
-// ctx is done.
-func (n *netConn) dial(ctx context.Context, addr string, tc *tls.Config, timeout time.Duration) (net.Conn, error) {
+// ctx is done; writeTimeout bounds each write on the connection.
+func (n *netConn) dial(ctx context.Context, addr string, tc *tls.Config, timeout, writeTimeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	d := &net.Dialer{}
@@ -244,19 +244,9 @@ func (n *netConn) dial(ctx context.Context, addr string, tc *tls.Config, timeout
 		c.Close()
 		return nil, net.ErrClosed
 	}
-	n.c = c
-	return &bufConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10)}, nil
+	n.c, n.b = c, newBufConn(c, writeTimeout)
+	return n.b, nil
 }
-
-// bufConn buffers reads: paho reads a packet's fixed header a byte at a
-// time, which made every PUBACK cost three read syscalls. Only paho's one
-// reader goroutine reads.
-type bufConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // nopStore is a paho.Store that keeps nothing.
 type nopStore struct{}
@@ -275,6 +265,7 @@ func (n *netConn) close() {
 	defer n.mu.Unlock()
 	n.closed = true
 	if n.c != nil {
-		n.c.Close()
+		n.c.Close() // first: a write stuck on a stalled link fails now
+		n.b.Close() // stops the flusher
 	}
 }
