@@ -89,9 +89,9 @@ const (
 
 // Hub is a running stand-in hub.
 type Hub struct {
-	opt Options
-	srv *mqtt.Server
-	ln  *listeners.TCP
+	opt  Options
+	srv  *mqtt.Server
+	gate *gateListener
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every change
@@ -123,20 +123,24 @@ func Start(opt Options) (*Hub, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hubtest: %w", err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	h.ln = listeners.NewTCP(listeners.Config{ID: "hub", Address: addr, TLSConfig: opt.TLS})
-	if err := h.srv.AddListener(h.ln); err != nil {
+	h.gate = &gateListener{Listener: l}
+	var ln net.Listener = h.gate
+	if opt.TLS != nil {
+		ln = tls.NewListener(ln, opt.TLS)
+	}
+	if err := h.srv.AddListener(listeners.NewNet("hub", ln)); err != nil {
+		l.Close()
 		return nil, fmt.Errorf("hubtest: %w", err)
 	}
 	if err := h.srv.Serve(); err != nil {
+		l.Close()
 		return nil, fmt.Errorf("hubtest: %w", err)
 	}
 	return h, nil
 }
 
 // Addr is host:port.
-func (h *Hub) Addr() string { return h.ln.Address() }
+func (h *Hub) Addr() string { return h.gate.Addr().String() }
 
 // Close stops the hub.
 func (h *Hub) Close() error {
@@ -145,7 +149,69 @@ func (h *Hub) Close() error {
 		t.Stop()
 	}
 	h.mu.Unlock()
+	// mochi's Close races with a connection being set up (its done channel
+	// is read by NewClient): stop accepting and let the connections already
+	// accepted get that far first.
+	h.gate.close(5 * time.Second)
 	return h.srv.Close()
+}
+
+// gateListener tracks accepted connections until mochi has started on them
+// (their first Read or Close), so that Close can wait for that.
+type gateListener struct {
+	net.Listener
+	mu      sync.Mutex
+	closed  bool
+	pending sync.WaitGroup
+}
+
+func (l *gateListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	l.pending.Add(1)
+	return &gateConn{Conn: c, started: l.pending.Done}, nil
+}
+
+// close stops accepting and waits (up to timeout) for accepted connections
+// to be started on.
+func (l *gateListener) close(timeout time.Duration) {
+	l.Listener.Close()
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		l.pending.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
+}
+
+type gateConn struct {
+	net.Conn
+	once    sync.Once
+	started func()
+}
+
+func (c *gateConn) Read(p []byte) (int, error) {
+	c.once.Do(c.started)
+	return c.Conn.Read(p)
+}
+
+func (c *gateConn) Close() error {
+	c.once.Do(c.started)
+	return c.Conn.Close()
 }
 
 // D2C returns every accepted D2C message so far, in arrival order.
