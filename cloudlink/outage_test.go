@@ -149,6 +149,7 @@ func TestOutageMosquittoRestart(t *testing.T) {
 	for range 10 {
 		waitConnected(t, s)
 		time.Sleep(100 * time.Millisecond)
+		before := s.Status().Outages
 		col.forgetSubscriptions()
 		old := m.Proc
 		m.Kill()
@@ -157,6 +158,18 @@ func TestOutageMosquittoRestart(t *testing.T) {
 		m.Start()
 		col.waitSubscribed(10 * time.Second)
 		gate.Set(tcpproxy.Up)
+		// The session must notice this kill before the next one, or two
+		// kills fall into one outage (Connected is still true from the
+		// connection the kill just broke).
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			if st := s.Status(); st.Outages > before && st.Connected {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the session did not come back after a broker restart: %+v", s.Status())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	want, payloads, n := prod.finish()
 	waitDrained(t, q, 20*time.Second)
