@@ -184,6 +184,13 @@ func Run(ctx context.Context, opt Options) (Summary, error) {
 	steps = append(steps, step{total * 70 / 100, command(2, 19)})
 	if opt.For > 0 {
 		steps = append(steps, step{total - min(3*time.Second, total*15/100), func(el time.Duration) bool {
+			// Stopping removes the devices: not while a command for one
+			// of them still waits for its result.
+			for _, id := range sent {
+				if _, ok := up.result(id); !ok {
+					return false
+				}
+			}
 			stopLeaf()
 			<-leafDone
 			quiet := *cfg
