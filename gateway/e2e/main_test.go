@@ -24,23 +24,7 @@ import (
 var bin string // the outpost binary under test
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "outpost-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	// OUTPOST_BIN tests a binary built elsewhere (a release build, a soak run).
-	if bin = os.Getenv("OUTPOST_BIN"); bin == "" {
-		bin = filepath.Join(dir, "outpost")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/outpost-iot/outpost/cmd/outpost").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build outpost: %v\n%s", err, out)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	peertest.RunWithOutpost(m, func(b string) { bin = b })
 }
 
 // leaf is a configured MQTT client: a leaf device, or an operator.

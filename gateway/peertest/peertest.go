@@ -368,3 +368,29 @@ func (p *Proxy) Restore() {
 	defer p.mu.Unlock()
 	p.up = true
 }
+
+// RunWithOutpost is a TestMain body for packages that test the built
+// binary: it builds cmd/outpost into a temporary directory (or takes
+// $OUTPOST_BIN, a binary built elsewhere: a release build, a soak run),
+// hands its path to set, runs the tests and exits.
+func RunWithOutpost(m *testing.M, set func(bin string)) {
+	dir, err := os.MkdirTemp("", "outpost-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin := os.Getenv("OUTPOST_BIN")
+	if bin == "" {
+		bin = filepath.Join(dir, "outpost")
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/outpost-iot/outpost/cmd/outpost").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build outpost: %v\n%s", err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	set(bin)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
