@@ -65,7 +65,7 @@ func (g *Gateway) problems() []string {
 		if dir := g.queue.Quarantined(); dir != "" {
 			ps = append(ps, "store: corrupt store quarantined to "+dir)
 		}
-		if d := g.queue.Stats().Damaged; d != "" {
+		if d := g.queue.Damaged(); d != "" { // not Stats(): that reads the store
 			ps = append(ps, "store: damaged blocks found after open: "+d)
 		}
 	}

@@ -64,6 +64,14 @@ type Queue struct {
 // or "".
 func (q *Queue) Quarantined() string { return q.quarantined }
 
+// Damaged is "" or why the background checksum pass (Options.Verify) found
+// damaged blocks after open. Unlike Stats it reads nothing from disk.
+func (q *Queue) Damaged() string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.damaged
+}
+
 // Open opens (creating) the store under dataDir/queue. A store Badger cannot
 // open because its files are damaged is renamed to
 // dataDir/quarantine-<UTC timestamp> and a fresh one is opened: Open logs it
