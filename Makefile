@@ -26,7 +26,7 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 test:
-	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./...
+	$(GO) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
 
 ## bench: Go benchmarks of the hot paths
 bench:

@@ -89,6 +89,12 @@ func (d *delivery) finish(err error) {
 type leafQ struct {
 	pending []*delivery
 	cl      *mqtt.Client // online connection subscribed to its devicebound topic, or nil
+	// One flusher per leaf writes its pending messages, in order; a kick
+	// while it runs makes it go round once more. Writes happen off the
+	// callers' goroutines (Deliver, mochi's connection goroutines), and a
+	// leaf that reads nothing blocks only its own flusher, until the
+	// connection's write deadline drops it.
+	flushing, again bool
 }
 
 // c2d tracks pending C2D deliveries per device.
@@ -97,7 +103,6 @@ type c2d struct {
 	mu     sync.Mutex
 	leaves map[string]*leafQ
 	closed bool
-	wmu    sync.Mutex // serialises writes so pending messages go out in order
 }
 
 func newC2D(h *Hub) *c2d { return &c2d{h: h, leaves: map[string]*leafQ{}} }
@@ -140,7 +145,7 @@ func (c *c2d) add(device string, d *delivery, exp time.Time) error {
 	if replaced != nil {
 		replaced.finish(ErrReplaced)
 	}
-	c.flush(device)
+	c.kick(device)
 	return nil
 }
 
@@ -164,11 +169,39 @@ func (c *c2d) remove(q *leafQ, d *delivery) {
 	}
 }
 
+// kick makes sure the device's flusher runs after this call.
+func (c *c2d) kick(device string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q := c.leaves[device]
+	if c.closed || q == nil {
+		return
+	}
+	if q.flushing {
+		q.again = true
+		return
+	}
+	q.flushing = true
+	c.h.writers.Add(1) // under mu: close sets closed under mu before Close waits
+	go func() {
+		defer c.h.writers.Done()
+		for {
+			c.flush(device)
+			c.mu.Lock()
+			if !q.again {
+				q.flushing = false
+				c.mu.Unlock()
+				return
+			}
+			q.again = false
+			c.mu.Unlock()
+		}
+	}()
+}
+
 // flush writes the device's pending messages that its current connection
-// has not seen yet.
+// has not seen yet. Only the device's flusher calls it.
 func (c *c2d) flush(device string) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.mu.Lock()
 	q := c.leaves[device]
 	if q == nil || q.cl == nil || q.cl.Closed() {
@@ -229,7 +262,7 @@ func (c *c2d) online(cl *mqtt.Client) {
 		}
 	}
 	c.mu.Unlock()
-	c.flush(cl.ID)
+	c.kick(cl.ID)
 }
 
 func subscribedDevicebound(cl *mqtt.Client) bool {
@@ -265,10 +298,19 @@ func (c *c2d) puback(cl *mqtt.Client, pid uint16) {
 			}
 		}
 	}
+	unsent := false
+	if q != nil && q.cl != nil {
+		for _, d := range q.pending {
+			unsent = unsent || d.sentOn != q.cl
+		}
+	}
 	c.mu.Unlock()
 	if hit != nil {
 		c.h.stats.c2dAcked.Add(1)
 		hit.finish(nil)
+	}
+	if unsent { // packet ids may have run out; one is free now
+		c.kick(cl.ID)
 	}
 }
 

@@ -46,26 +46,78 @@ type listener struct {
 	entering sync.WaitGroup
 }
 
-// firstRead signals once, at the connection's first Read: mochi reads the
-// CONNECT only after its ClientsWg.Add.
-type firstRead struct {
+// writeTimeout bounds one write to a client. A client that takes no bytes
+// for this long (its TCP window stays full) is disconnected, rather than
+// holding mochi's per-client lock, and with it the PUBACKs, C2D deliveries
+// and shutdown, forever. mochi v2.7.9 sets no write deadline itself (a variable for tests).
+var writeTimeout = 30 * time.Second
+
+// shutdownWriteTimeout bounds the DISCONNECT written at shutdown.
+const shutdownWriteTimeout = time.Second
+
+// hubConn is the connection mochi sees. It signals once, at its first
+// Read (mochi reads the CONNECT only after its ClientsWg.Add), and puts a
+// deadline on every write (mochi's keep-alive deadline is read-only here).
+type hubConn struct {
 	net.Conn
 	once *sync.Once
 	done func()
+
+	mu       sync.Mutex
+	deadline time.Time // the write deadline set last
+	short    bool      // shutting down: writes get shutdownWriteTimeout
 }
 
 // unwrapConn returns the connection below the hub's wrappers (the *tls.Conn
 // of a TLS client).
 func unwrapConn(c net.Conn) net.Conn {
-	if f, ok := c.(*firstRead); ok {
+	if f, ok := c.(*hubConn); ok {
 		return f.Conn
 	}
 	return c
 }
 
-func (c *firstRead) Read(b []byte) (int, error) {
+func (c *hubConn) Read(b []byte) (int, error) {
 	c.once.Do(c.done)
 	return c.Conn.Read(b)
+}
+
+// Write writes under a deadline. The deadline is renewed only when less
+// than half of writeTimeout is left, to keep timer updates off the hot
+// path. A write that fails (a timeout may have sent part of a packet)
+// closes the connection: the stream cannot be trusted after it.
+func (c *hubConn) Write(b []byte) (int, error) {
+	now := time.Now()
+	c.mu.Lock()
+	if c.short {
+		if c.deadline.IsZero() || c.deadline.After(now.Add(shutdownWriteTimeout)) {
+			c.deadline = now.Add(shutdownWriteTimeout)
+			_ = c.Conn.SetWriteDeadline(c.deadline)
+		}
+	} else if c.deadline.Sub(now) < writeTimeout/2 {
+		c.deadline = now.Add(writeTimeout)
+		_ = c.Conn.SetWriteDeadline(c.deadline)
+	}
+	c.mu.Unlock()
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		_ = c.Conn.Close()
+	}
+	return n, err
+}
+
+// SetDeadline sets only the read deadline. mochi calls it before every
+// packet it reads, with the keep-alive expiry (or none); passing that on as
+// a write deadline would replace the hub's own.
+func (c *hubConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+
+// shutdown shortens the write deadline to shutdownWriteTimeout.
+func (c *hubConn) shutdown() {
+	c.mu.Lock()
+	c.short = true
+	c.deadline = time.Now().Add(shutdownWriteTimeout)
+	_ = c.Conn.SetWriteDeadline(c.deadline)
+	c.mu.Unlock()
 }
 
 func newListener(id, address string, cfg *tls.Config, h *Hub) *listener {
@@ -159,14 +211,14 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 	once := new(sync.Once)
 	defer once.Do(l.entering.Done)
 	// mochi keys the client by this conn (and so does afterPanic).
-	conn = &firstRead{conn, once, l.entering.Done}
+	conn = &hubConn{Conn: conn, once: once, done: l.entering.Done}
 	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }
 
 // Close stops accepting, then disconnects this listener's clients.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+func (l *listener) Close(listeners.CloseFn) {
 	if l.end.Swap(true) {
 		return
 	}
@@ -177,17 +229,33 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		ln.Close()
 	}
 	l.entering.Wait()
-	// mochi's shutdown writes a DISCONNECT to every client, but an MQTT
-	// 3.1.1 server must never send one: close those connections first, so
-	// that only MQTT 5 clients get DISCONNECT (server shutting down).
-	if srv := l.h.srv.Load(); srv != nil { // not h.server(): that is nil once closing
-		for _, cl := range srv.Clients.GetByListener(l.id) {
-			if cl.Properties.ProtocolVersion < 5 {
-				cl.Stop(packets.ErrServerShuttingDown)
-			}
-		}
+	// mochi's own closeClients (Server.closeListenerClients) is not used:
+	// it lists clients with Clients.GetByListener, which takes the map's
+	// read lock twice (once more in Len), and deadlocks when a client
+	// disconnecting at that moment asks for the write lock in between
+	// (mochi v2.7.9; it hung Close in CI). GetAll takes it once.
+	//
+	// An MQTT 3.1.1 server must never send DISCONNECT: those connections
+	// are closed; MQTT 5 clients get DISCONNECT (server shutting down),
+	// written under a short deadline so a client that reads nothing cannot
+	// hold the shutdown.
+	srv := l.h.srv.Load() // not h.server(): that is nil once closing
+	if srv == nil {
+		return
 	}
-	closeClients(l.id)
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Listener != l.id || cl.Closed() {
+			continue
+		}
+		if cl.Properties.ProtocolVersion < 5 || cl.Net.Conn == nil {
+			cl.Stop(packets.ErrServerShuttingDown)
+			continue
+		}
+		if c, ok := cl.Net.Conn.(*hubConn); ok {
+			c.shutdown()
+		}
+		_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	}
 }
 
 // tlsConfig loads the TLS listener's certificate and, when set, the CA that
