@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -119,7 +120,24 @@ func (c *cloud) down() {
 	c.srv = nil
 	c.mu.Unlock()
 	if srv != nil {
+		stopClients(srv, 5*time.Second)
 		_ = srv.Close()
+	}
+}
+
+// stopClients ends every client's connection and waits (up to d) for their
+// goroutines to finish, before mochi's Close lists the clients: its
+// Clients.GetByListener read-locks the client map twice and deadlocks
+// against a client removing itself at that moment (mochi v2.7.9).
+func stopClients(srv *mqtt.Server, d time.Duration) {
+	for _, cl := range srv.Clients.GetAll() {
+		if !cl.Net.Inline {
+			cl.Stop(packets.ErrServerShuttingDown)
+		}
+	}
+	deadline := time.Now().Add(d)
+	for atomic.LoadInt64(&srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
