@@ -126,6 +126,10 @@ type Options struct {
 	// unlimited (0) for mqtt.
 	MaxMessageBytes int
 
+	// Pack packs small readings of one device into one message; off when
+	// Pack.MaxBytes is 0.
+	Pack PackOptions
+
 	Azure AzureOptions
 
 	// Inbox receives C2D messages; nil disables the C2D subscription.
@@ -138,6 +142,7 @@ const (
 	defaultMaxInflight      = 64
 	defaultAzureMaxInflight = 16
 	azureMaxMessageBytes    = 256 * 1024
+	minPackBytes            = 512
 	azureAPIVersion         = "2021-04-12"
 	defaultC2DTopic         = "devices/+/messages/devicebound/#"
 )
@@ -265,6 +270,17 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		bad("tls cert_file and key_file go together")
+	}
+	if p := &o.Pack; p.MaxBytes != 0 {
+		if p.MaxBytes < minPackBytes || (o.MaxMessageBytes > 0 && p.MaxBytes > o.MaxMessageBytes) {
+			bad("pack max_bytes %d: want %d..%d", p.MaxBytes, minPackBytes, max(o.MaxMessageBytes, minPackBytes))
+		}
+		if p.MaxDelay < 0 {
+			bad("pack max_delay %v: must be ≥ 0", p.MaxDelay)
+		}
+		if p.MaxDelay == 0 {
+			p.MaxDelay = defaultPackDelay
+		}
 	}
 	return o, errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package cloudlink
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -92,11 +93,19 @@ func (col *collector) handle(_ paho.Client, m paho.Message) {
 	if d.mid == "" || d.seq == 0 {
 		col.bad = append(col.bad, fmt.Sprintf("topic %q: no $.mid or outpost-seq", m.Topic()))
 	}
+	col.got = append(col.got, d)
+	if n, ok := ps.Get(PropPack); ok {
+		// A pack counts as its readings; unpack counts their duplicates.
+		k, _ := strconv.Atoi(n)
+		for i := range k {
+			col.seen[fmt.Sprintf("%s/%d", d.mid, i)] = true
+		}
+		return
+	}
 	if col.seen[d.mid] {
 		col.dups++
 	}
 	col.seen[d.mid] = true
-	col.got = append(col.got, d)
 }
 
 // forgetSubscriptions drops (re)subscription events seen so far.
@@ -120,7 +129,9 @@ func (col *collector) waitSubscribed(timeout time.Duration) {
 	}
 }
 
-// waitUnique waits until n distinct $.mid values have arrived.
+// waitUnique waits until n distinct $.mid values have arrived (a pack
+// counts as its readings, which may be fewer than distinct when a pack was
+// sent again with other companions).
 func (col *collector) waitUnique(n int, timeout time.Duration) {
 	col.t.Helper()
 	if !col.settle(n, timeout) {
@@ -187,6 +198,7 @@ func (col *collector) check(want map[string][]uint64, payloads map[uint64]string
 		col.t.Error(b)
 	}
 	col.mu.Unlock()
+	got, dups = unpack(col.t, got, payloads, dups)
 	first := map[uint64]delivery{}
 	lastSeq := map[string]uint64{}
 	for _, d := range got {
@@ -216,4 +228,51 @@ func (col *collector) check(want map[string][]uint64, payloads map[uint64]string
 	}
 	slices.Sort(lost)
 	return lost, dups
+}
+
+// unpack replaces each packed delivery (property outpost-pack) by one
+// delivery per reading in its JSON array, found by payload in payloads
+// (which must be unique), and counts readings seen twice as duplicates.
+func unpack(t testing.TB, got []delivery, payloads map[uint64]string, dups int) ([]delivery, int) {
+	t.Helper()
+	var seqOf map[string]uint64
+	var out []delivery
+	seen := map[uint64]bool{}
+	for _, d := range got {
+		if _, ok := d.props.Get(PropPack); !ok {
+			seen[d.seq] = true
+		}
+	}
+	for _, d := range got {
+		n, ok := d.props.Get(PropPack)
+		if !ok {
+			out = append(out, d)
+			continue
+		}
+		if seqOf == nil {
+			seqOf = make(map[string]uint64, len(payloads))
+			for seq, p := range payloads {
+				seqOf[p] = seq
+			}
+		}
+		var elems []json.RawMessage
+		if err := json.Unmarshal([]byte(d.payload), &elems); err != nil || strconv.Itoa(len(elems)) != n {
+			t.Errorf("pack %s: %d readings (%v), outpost-pack says %s", d.mid, len(elems), err, n)
+			continue
+		}
+		for i, e := range elems {
+			seq, ok := seqOf[string(e)]
+			if !ok {
+				t.Errorf("pack %s: reading %d %s was never appended", d.mid, i, e)
+				continue
+			}
+			if seen[seq] {
+				dups++
+			}
+			seen[seq] = true
+			out = append(out, delivery{device: d.device, mid: fmt.Sprintf("%s/%d", d.mid, i), payload: string(e),
+				topic: d.topic, seq: seq, props: d.props, at: d.at})
+		}
+	}
+	return out, dups
 }

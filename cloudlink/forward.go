@@ -22,6 +22,7 @@ type forwarder struct {
 	// backlogSlots is the backlog stream's share of slots (live-first).
 	backlogSlots chan struct{}
 	pending      chan *pub // published, awaiting PUBACK, in publish order
+	pk           *packer   // nil unless packing
 
 	mu     sync.Mutex
 	leased map[uint64]struct{} // leased from the store and not yet acked or rejected
@@ -34,18 +35,30 @@ type forwarder struct {
 	wakeup context.CancelFunc
 }
 
+// pub is one publish awaiting its PUBACK: one record, or a pack of several.
 type pub struct {
-	seq uint64
-	tok paho.Token
-	at  time.Time
-	src *source // where the record came from (live or backlog), may be nil
+	seqs []uint64
+	tok  paho.Token
+	at   time.Time
+	srcs []*source // where each record came from (live or backlog)
+	// bslots is the backlog slots it holds: one if it has backlog records
+	// (a pack gives back the slots of all but its first at once).
+	bslots int
+	// seq1 and src1 back seqs and srcs for a single record: no extra
+	// allocations on the unpacked path.
+	seq1 [1]uint64
+	src1 [1]*source
 }
 
 func newForwarder(s *Session, c paho.Client) *forwarder {
 	n := s.opt.MaxInflight
-	return &forwarder{s: s, c: c, slots: make(chan struct{}, n), pending: make(chan *pub, n),
+	f := &forwarder{s: s, c: c, slots: make(chan struct{}, n), pending: make(chan *pub, n),
 		backlogSlots: make(chan struct{}, max(n*3/4, 1)),
 		leased:       make(map[uint64]struct{}), start: time.Now()}
+	if s.opt.Pack.MaxBytes > 0 {
+		f.pk = newPacker(f, s.opt.Pack)
+	}
+	return f
 }
 
 // run forwards until ctx is done (returns nil) or the connection or store
@@ -61,6 +74,9 @@ func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) err
 		defer f.s.wg.Done()
 		leasec <- f.lease(ctx)
 	}()
+	if f.pk != nil {
+		f.s.wg.Go(func() { f.pk.tick(ctx) })
+	}
 	var err error
 	select {
 	case err = <-ackc:
@@ -85,7 +101,17 @@ func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) err
 	return err
 }
 
+// publish sends r, through the packer when packing.
 func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) error {
+	if f.pk != nil {
+		return f.pk.add(ctx, r, src)
+	}
+	return f.publishOne(ctx, r, src)
+}
+
+// publishOne sends one record as it is, or rejects it to dead letters when
+// it is over the upstream's cap.
+func (f *forwarder) publishOne(ctx context.Context, r *msg.Record, src *source) error {
 	if limit := f.s.opt.MaxMessageBytes; limit > 0 && r.Size() > limit {
 		reason := fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
 		f.mu.Lock()
@@ -101,18 +127,39 @@ func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) err
 		if err != nil {
 			return f.storeFail("reject", err)
 		}
-		f.freeOne(src)
-		f.wake()
+		if src == srcBacklog {
+			<-f.backlogSlots
+			f.wake()
+		}
 		f.s.update(func(st *Status) { st.Rejected++ })
 		f.s.log.Warn("record rejected to dead letters", "seq", r.Seq, "device", r.Device, "mid", r.ID, "reason", reason)
 		return nil
 	}
-	tok := f.c.Publish(f.s.d.topic(r), 1, false, r.Payload)
+	p := &pub{}
+	p.seq1[0], p.src1[0] = r.Seq, src
+	p.seqs, p.srcs = p.seq1[:], p.src1[:]
+	if src == srcBacklog {
+		p.bslots = 1
+	}
+	return f.publishRec(ctx, r, p)
+}
+
+// publishRec takes an in-flight slot and publishes rec, which stands for
+// the records p.seqs. Without a slot before ctx ends it publishes nothing:
+// the records stay leased and releaseAll gives them back.
+func (f *forwarder) publishRec(ctx context.Context, rec *msg.Record, p *pub) error {
+	select {
+	case f.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil
+	}
+	tok := f.c.Publish(f.s.d.topic(rec), 1, false, rec.Payload)
 	f.mu.Lock()
 	f.sent++
 	f.mu.Unlock()
+	p.tok, p.at = tok, time.Now()
 	select {
-	case f.pending <- &pub{seq: r.Seq, tok: tok, at: time.Now(), src: src}:
+	case f.pending <- p:
 	case <-ctx.Done():
 	}
 	return nil
@@ -150,7 +197,8 @@ func (f *forwarder) ack(ctx context.Context) error {
 		if err := head.tok.Error(); err != nil {
 			return fmt.Errorf("cloudlink: publish: %w", err)
 		}
-		batch, srcs = append(batch[:0], head.seq), append(srcs[:0], head.src)
+		batch, srcs = append(batch[:0], head.seqs...), append(srcs[:0], head.srcs...)
+		pubs, bslots := 1, head.bslots
 		head = nil
 		// Collect every further publish that is already acknowledged.
 	more:
@@ -163,7 +211,8 @@ func (f *forwarder) ack(ctx context.Context) error {
 						head = p
 						break more
 					}
-					batch, srcs = append(batch, p.seq), append(srcs, p.src)
+					batch, srcs = append(batch, p.seqs...), append(srcs, p.srcs...)
+					pubs, bslots = pubs+1, bslots+p.bslots
 				default:
 					head = p
 					break more
@@ -180,23 +229,16 @@ func (f *forwarder) ack(ctx context.Context) error {
 			delete(f.leased, seq)
 		}
 		f.mu.Unlock()
-		back := false
-		for _, src := range srcs {
-			f.freeOne(src)
-			back = back || src == srcBacklog
+		for range pubs {
+			<-f.slots
 		}
-		if back {
+		for range bslots {
+			<-f.backlogSlots
+		}
+		if bslots > 0 {
 			f.wake()
 		}
 		f.s.acked(len(batch), srcs)
-	}
-}
-
-// freeOne frees the slot(s) a record from src held.
-func (f *forwarder) freeOne(src *source) {
-	<-f.slots
-	if src == srcBacklog {
-		<-f.backlogSlots
 	}
 }
 

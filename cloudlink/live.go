@@ -107,12 +107,7 @@ func (f *forwarder) send(ctx context.Context, recs []*msg.Record, mark uint64, f
 		} else if fromBacklog {
 			<-f.backlogSlots
 		}
-		select {
-		case f.slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
-		if err := f.publish(ctx, r, src); err != nil {
+		if err := f.publish(ctx, r, src); err != nil || ctx.Err() != nil {
 			return err
 		}
 	}

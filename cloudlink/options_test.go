@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -38,5 +39,15 @@ func TestOptionsValidation(t *testing.T) {
 	}
 	if _, err := New(Options{Protocol: "none"}, q); err != nil {
 		t.Errorf("none: %v", err)
+	}
+	for _, p := range []PackOptions{{MaxBytes: 100}, {MaxBytes: 300 << 10}, {MaxBytes: 4096, MaxDelay: -1}} {
+		_, err := New(Options{Protocol: "azure-iothub", Azure: AzureOptions{Host: "h", DeviceID: "gw-1", SharedAccessKey: "c2VjcmV0"}, Pack: p}, q)
+		if !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "pack") {
+			t.Errorf("pack %+v: err = %v", p, err)
+		}
+	}
+	s, err = New(Options{URL: "mqtt://h:1883", ClientID: "gw", Pack: PackOptions{MaxBytes: 4096}}, q)
+	if err != nil || s.opt.Pack.MaxDelay != 2*time.Second {
+		t.Errorf("pack defaults: %+v, %v", s.opt.Pack, err)
 	}
 }

@@ -88,13 +88,19 @@ func newProxy(t *testing.T, target string) *tcpproxy.Proxy {
 // StrictOrder each device's messages also arrive in order; live-first only
 // promises no loss (fresh records overtake the backlog after each cut).
 func TestOutageProxyCut(t *testing.T) {
-	for _, strict := range []bool{true, false} {
-		t.Run(map[bool]string{true: "strict", false: "live-first"}[strict], func(t *testing.T) {
+	for _, mode := range []string{"strict", "live-first", "packed"} {
+		t.Run(mode, func(t *testing.T) {
+			strict := mode == "strict"
 			m := peertest.StartMosquitto(t)
 			col := collect(t, "tcp://"+m.Addr, nil, "", "")
 			px := newProxy(t, m.Addr)
 			q := newMemQueue()
-			s, err := New(fastRetry(Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-cut", MaxInflight: 16, StrictOrder: strict, Logger: testLogger(t)}), q)
+			opt := Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-cut", MaxInflight: 16, StrictOrder: strict, Logger: testLogger(t)}
+			if mode == "packed" {
+				// Packs open when a cut comes are released with the rest.
+				opt.Pack = PackOptions{MaxBytes: 1024, MaxDelay: 50 * time.Millisecond}
+			}
+			s, err := New(fastRetry(opt), q)
 			if err != nil {
 				t.Fatal(err)
 			}

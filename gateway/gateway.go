@@ -211,8 +211,7 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		opt.ClientID = g.cfg.Gateway.ID
 	}
 	if c.Pack.MaxBytes > 0 {
-		// Refused rather than silently ignored until cloudlink packs.
-		return opt, errors.New("gateway: cloud.pack is not supported by this version")
+		opt.Pack = cloudlink.PackOptions{MaxBytes: int(c.Pack.MaxBytes), MaxDelay: c.Pack.MaxDelay}
 	}
 	if c.PasswordFile != "" {
 		pw, err := os.ReadFile(c.PasswordFile)

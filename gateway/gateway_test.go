@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters/sim"
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -116,11 +117,11 @@ func TestLinkOptions(t *testing.T) {
 		t.Fatalf("azure linkOptions = %+v, %v", opt.Azure, err)
 	}
 
-	cfg.Cloud.Pack.MaxBytes = 4096
-	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "cloud.pack") {
-		t.Fatalf("cloud.pack: %v, want refused until supported", err)
+	cfg.Cloud.Pack.MaxBytes, cfg.Cloud.Pack.MaxDelay = 4096, time.Second
+	if opt, err := New(cfg, nil).linkOptions(); err != nil || opt.Pack != (cloudlink.PackOptions{MaxBytes: 4096, MaxDelay: time.Second}) {
+		t.Fatalf("cloud.pack: %+v, %v", opt.Pack, err)
 	}
-	cfg.Cloud.Pack.MaxBytes = 0
+	cfg.Cloud.Pack.MaxBytes, cfg.Cloud.Pack.MaxDelay = 0, 0
 
 	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
 	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {

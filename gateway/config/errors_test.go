@@ -53,6 +53,7 @@ func TestMistakes(t *testing.T) {
 		{"mqtt without url", ok + "cloud:\n  protocol: mqtt\n", `t.yaml:2:1: cloud.url is required with protocol mqtt (e.g. mqtts://broker.example:8883)`},
 		{"url without protocol", ok + "cloud:\n  url: mqtts://b:8883\n", `t.yaml:3:8: cloud.url is set but cloud.protocol is none, so nothing is sent upstream (set protocol: mqtt or azure-iothub)`},
 		{"bad url scheme", ok + "cloud: {protocol: mqtt, url: \"http://b:80\"}\n", `t.yaml:2:30: cloud.url: unknown scheme "http" in "http://b:80" (want mqtts://, or mqtt:// for plain TCP)`},
+		{"pack too small", ok + "cloud: {protocol: mqtt, url: \"mqtt://b:1883\", pack: {max_bytes: 100}}\n", `t.yaml:2:65: cloud.pack.max_bytes 100B is too small to pack readings: use at least 512B (IoT Hub meters messages in 4KB units, so 4KB is the usual choice)`},
 		{"url with password", ok + "cloud: {protocol: mqtt, url: \"mqtt://u:pw@b:1883\"}\n", `t.yaml:2:30: cloud.url must not carry a password: put it in cloud.password_file`},
 		{"tls on plain url", ok + "cloud:\n  protocol: mqtt\n  url: mqtt://b:1883\n  tls: {ca_file: ca.pem}\n", `t.yaml:5:8: cloud.tls is set but cloud.url is plain mqtt://; use mqtts://`},
 		{"azure key on mqtt", ok + "cloud:\n  protocol: mqtt\n  url: mqtts://b\n  shared_access_key: a2V5\n", `t.yaml:5:22: cloud.shared_access_key is not used with protocol mqtt`},

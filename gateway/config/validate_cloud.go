@@ -47,6 +47,8 @@ func (v *validator) cloud() {
 	switch {
 	case c.Pack.MaxBytes < 0:
 		v.errorf("cloud.pack.max_bytes", "cloud.pack.max_bytes must not be negative")
+	case c.Pack.MaxBytes > 0 && c.Pack.MaxBytes < 512:
+		v.errorf("cloud.pack.max_bytes", "cloud.pack.max_bytes %v is too small to pack readings: use at least 512B (IoT Hub meters messages in 4KB units, so 4KB is the usual choice)", c.Pack.MaxBytes)
 	case c.Pack.MaxBytes == 0 && c.Pack.MaxDelay != 0:
 		v.errorf("cloud.pack.max_delay", "cloud.pack.max_delay is set but packing is off (cloud.pack.max_bytes is 0)")
 	case c.Pack.MaxBytes > 0 && c.Pack.MaxDelay <= 0:

@@ -1,0 +1,199 @@
+package cloudlink
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+// PackOptions turns packing on: several small JSON readings of one device
+// go up as one message whose body is a JSON array of their bodies, up to
+// MaxBytes (IoT Hub meters messages in 4 KB units, so four 1 KB readings
+// sent alone cost four units and packed cost one). A reading waits at most
+// MaxDelay for others to join it.
+//
+// A pack carries $.mid derived from its readings' ids (the same readings
+// always make the same $.mid, so a pack sent again after a reconnect is
+// recognisable), outpost-seq of its first reading, outpost-pack with the
+// number of readings, and the readings' common properties. Readings pack
+// together only when their properties are equal; a reading whose body is
+// not JSON, or that is too large to share a message, goes alone,
+// unchanged, and so does a pack of one.
+type PackOptions struct {
+	MaxBytes int
+	MaxDelay time.Duration // default 2 s
+}
+
+// PropPack is the property that marks a packed message: the number of
+// readings in its JSON array body.
+const PropPack = "outpost-pack"
+
+const defaultPackDelay = 2 * time.Second
+
+// packer collects records into per-device packs for one connection. Its
+// mutex serialises all publishing of a packing forwarder, so each device's
+// records leave in the order they were added.
+type packer struct {
+	f     *forwarder
+	max   int
+	delay time.Duration
+
+	mu   sync.Mutex
+	open map[string]*pack // by device
+}
+
+// pack is an open pack: records of one device with equal properties.
+type pack struct {
+	recs   []*msg.Record
+	srcs   []*source
+	props  string // the records' property bag, encoded
+	size   int    // of the body when closed: brackets, bodies and commas
+	opened time.Time
+	bslot  bool // holds a backlog slot (for its first backlog record)
+}
+
+func newPacker(f *forwarder, o PackOptions) *packer {
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = defaultPackDelay
+	}
+	return &packer{f: f, max: o.MaxBytes, delay: o.MaxDelay, open: map[string]*pack{}}
+}
+
+// packable reports whether r may share a message: a JSON body small enough
+// to leave room for another.
+func (k *packer) packable(r *msg.Record) bool {
+	if r.Size() > k.max/2 {
+		return false
+	}
+	if ct, ok := r.Props.Get(msg.PropContentType); ok && !isJSON(ct) {
+		return false
+	}
+	return json.Valid(r.Payload)
+}
+
+// add packs r, publishing whatever it closes. It blocks while the
+// in-flight window is full, like an unpacked publish.
+func (k *packer) add(ctx context.Context, r *msg.Record, src *source) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	p := k.open[r.Device]
+	if !k.packable(r) {
+		if p != nil {
+			if err := k.flush(ctx, r.Device, p); err != nil {
+				return err
+			}
+		}
+		return k.f.publishOne(ctx, r, src)
+	}
+	props := r.Props.Encode()
+	if p != nil && (p.props != props || p.size+1+len(r.Payload)+k.overhead(p, r) > k.max) {
+		if err := k.flush(ctx, r.Device, p); err != nil {
+			return err
+		}
+		p = nil
+	}
+	if p == nil {
+		p = &pack{props: props, size: 1, opened: time.Now()} // "["; each reading adds itself and "," or "]"
+		k.open[r.Device] = p
+	}
+	p.recs = append(p.recs, r)
+	p.srcs = append(p.srcs, src)
+	p.size += 1 + len(r.Payload)
+	if src == srcBacklog {
+		// A pack is one publish: it keeps one backlog slot, so the backlog
+		// can go on leasing while its packs fill.
+		if p.bslot {
+			<-k.f.backlogSlots
+			k.f.wake()
+		}
+		p.bslot = true
+	}
+	return nil
+}
+
+// overhead is what the pack's property bag adds to the message beyond the
+// readings' own properties: $.mid, outpost-seq and outpost-pack.
+func (k *packer) overhead(p *pack, r *msg.Record) int {
+	return len(p.props) + len(r.Device) + 64
+}
+
+// tick publishes every pack that has waited MaxDelay. It runs until ctx
+// ends; what is still open then was leased and is released with the rest.
+func (k *packer) tick(ctx context.Context) {
+	t := time.NewTicker(max(k.delay/8, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			k.mu.Lock()
+			for dev, p := range k.open {
+				if now.Sub(p.opened) >= k.delay {
+					if err := k.flush(ctx, dev, p); err != nil {
+						k.mu.Unlock()
+						return
+					}
+				}
+			}
+			k.mu.Unlock()
+		}
+	}
+}
+
+// flush publishes p (under k.mu): a pack of one as the record itself.
+func (k *packer) flush(ctx context.Context, dev string, p *pack) error {
+	delete(k.open, dev)
+	if len(p.recs) == 1 {
+		return k.f.publishOne(ctx, p.recs[0], p.srcs[0])
+	}
+	seqs := make([]uint64, len(p.recs))
+	for i, r := range p.recs {
+		seqs[i] = r.Seq
+	}
+	pb := &pub{seqs: seqs, srcs: p.srcs}
+	if p.bslot {
+		pb.bslots = 1
+	}
+	return k.f.publishRec(ctx, packRecord(p.recs), pb)
+}
+
+// packRecord builds the message for recs (two or more, one device, equal
+// properties).
+func packRecord(recs []*msg.Record) *msg.Record {
+	first := recs[0]
+	var body strings.Builder
+	h := sha256.New()
+	body.WriteByte('[')
+	for i, r := range recs {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		body.Write(r.Payload)
+		h.Write([]byte(r.ID))
+		h.Write([]byte{0})
+	}
+	body.WriteByte(']')
+	props := append(msg.Props(nil), first.Props...)
+	props = props.Set(PropPack, strconv.Itoa(len(recs)))
+	if _, ok := props.Get(msg.PropContentType); !ok {
+		props = props.Set(msg.PropContentType, "application/json")
+	}
+	id := "pack-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil)[:15]))
+	return &msg.Record{
+		Seq:      first.Seq,
+		ID:       id,
+		Device:   first.Device,
+		Priority: first.Priority,
+		Props:    props,
+		Payload:  []byte(body.String()),
+		Enqueued: first.Enqueued,
+	}
+}
