@@ -135,6 +135,10 @@ type Options struct {
 	// Inbox receives C2D messages; nil disables the C2D subscription.
 	Inbox InboxFunc
 
+	// connectGate, when set, is waited on before each connection attempt
+	// (a Fleet's shared connection rate limit).
+	connectGate func(context.Context) error
+
 	Logger *slog.Logger
 }
 
@@ -219,9 +223,9 @@ func (o Options) withDefaults() (Options, error) {
 		switch a.Identity {
 		case IdentityGW:
 		case IdentityDevice:
-			// One connection and key per leaf is not built yet; refusing is
-			// better than silently sending leaves under the gateway's identity.
-			bad("azure identity per-device is not supported yet (use gateway)")
+			// One connection per leaf is a Fleet (Open, NewFleet); a single
+			// Session would send leaves under the gateway's identity.
+			bad("azure identity per-device needs a Fleet (cloudlink.Open), not a Session")
 		default:
 			bad("azure identity %q: want gateway or per-device", a.Identity)
 		}

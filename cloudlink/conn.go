@@ -55,6 +55,11 @@ var errRenew = errors.New("cloudlink: credentials about to expire; reconnecting 
 
 // serve makes one connection and forwards over it until it ends.
 func (s *Session) serve(ctx context.Context, downSince time.Time) result {
+	if g := s.opt.connectGate; g != nil {
+		if err := g(ctx); err != nil {
+			return result{err: err}
+		}
+	}
 	user, pass, expires, err := s.d.credentials(time.Now())
 	if err != nil {
 		return result{err: err}

@@ -22,7 +22,7 @@ func TestOptionsValidation(t *testing.T) {
 		t.Errorf("password leaked: %v", err)
 	}
 	_, err = New(Options{Protocol: "azure-iothub", Azure: AzureOptions{Host: "h", DeviceID: "gw#1", SharedAccessKey: "!!", Identity: "per-device"}}, q)
-	for _, want := range []string{"device_id", "shared_access_key", "per-device is not supported"} {
+	for _, want := range []string{"device_id", "shared_access_key", "per-device needs a Fleet"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("azure: missing %q in %v", want, err)
 		}

@@ -59,6 +59,9 @@ type Status struct {
 	C2D, C2DDuplicates uint64
 	// Drain is the progress of the backlog after the last outage.
 	Drain Drain
+	// Devices is each identity's connection, for azure identity
+	// per-device (a Fleet); nil for a single Session.
+	Devices map[string]DeviceStatus `json:",omitempty"`
 }
 
 // Drain is backlog-replay progress.

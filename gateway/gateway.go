@@ -35,7 +35,7 @@ type Gateway struct {
 
 	queue  *store.Queue
 	hubPtr atomic.Pointer[hub.Hub] // nil while the hub cannot listen
-	link   *cloudlink.Session
+	link   cloudlink.Link
 	ledger *ledger
 	http   *http.Server
 
@@ -106,7 +106,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			return err
 		}
 		opt.Inbox = g.ledger.Accept
-		link, err := cloudlink.New(opt, q)
+		link, err := cloudlink.Open(opt, q)
 		if err != nil {
 			return fmt.Errorf("gateway: %w", err)
 		}
@@ -231,8 +231,49 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		}
 		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
 			KeyName: c.SharedAccessKeyName, Identity: string(c.Identity), TokenTTL: c.SASTTL}
+		if c.Identity == config.IdentityPerDevice {
+			keys, err := g.deviceKeys()
+			if err != nil {
+				return opt, err
+			}
+			opt.Azure.DeviceKeys = keys
+		}
 	}
 	return opt, nil
+}
+
+// deviceKeys collects the leaves' own IoT Hub keys (identity per-device)
+// from devices[].azure and hub.clients[].azure.
+func (g *Gateway) deviceKeys() (map[string]string, error) {
+	keys := map[string]string{}
+	add := func(path, id string, a *config.DeviceAzure) error {
+		if a == nil {
+			return nil // signed with the policy key
+		}
+		k := a.SharedAccessKey
+		if a.SharedAccessKeyFile != "" {
+			b, err := os.ReadFile(a.SharedAccessKeyFile)
+			if err != nil {
+				return fmt.Errorf("gateway: %s.azure.shared_access_key_file: %w", path, err)
+			}
+			k = strings.TrimSpace(string(b))
+		}
+		if k != "" {
+			keys[id] = k
+		}
+		return nil
+	}
+	for i, d := range g.cfg.Devices {
+		if err := add(fmt.Sprintf("devices[%d]", i), d.ID, d.Azure); err != nil {
+			return nil, err
+		}
+	}
+	for i, c := range g.cfg.Hub.Clients {
+		if err := add(fmt.Sprintf("hub.clients[%d]", i), c.ID, c.Azure); err != nil {
+			return nil, err
+		}
+	}
+	return keys, nil
 }
 
 // HTTPAddr is the bound HTTP address ("" before Run or when disabled).

@@ -123,6 +123,27 @@ func TestLinkOptions(t *testing.T) {
 	}
 	cfg.Cloud.Pack.MaxBytes, cfg.Cloud.Pack.MaxDelay = 0, 0
 
+	// identity per-device: each leaf's own key, from a device entry and
+	// from a hub client (a key file); a leaf without one is signed with the
+	// policy key.
+	leafKey := filepath.Join(dir, "leaf.key")
+	os.WriteFile(leafKey, []byte("bGVhZg==\n"), 0o600)
+	cfg.Cloud.Identity = config.IdentityPerDevice
+	cfg.Devices = []config.Device{{ID: "meter-1", Azure: &config.DeviceAzure{SharedAccessKey: "bWV0ZXI="}}, {ID: "meter-2"}}
+	cfg.Hub.Clients = []config.Client{{ID: "leaf-1", Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}}
+	opt, err = New(cfg, nil).linkOptions()
+	if err != nil || len(opt.Azure.DeviceKeys) != 2 || opt.Azure.DeviceKeys["meter-1"] != "bWV0ZXI=" || opt.Azure.DeviceKeys["leaf-1"] != "bGVhZg==" || opt.Azure.Identity != "per-device" {
+		t.Fatalf("per-device linkOptions = %+v, %v", opt.Azure, err)
+	}
+	if l, err := cloudlink.Open(opt, nil); err == nil {
+		t.Fatalf("Open with a nil queue: %T", l)
+	}
+	cfg.Hub.Clients[0].Azure.SharedAccessKeyFile = filepath.Join(dir, "missing")
+	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "hub.clients[0].azure.shared_access_key_file") {
+		t.Fatalf("missing leaf key file: %v", err)
+	}
+	cfg.Devices, cfg.Hub.Clients, cfg.Cloud.Identity = nil, nil, config.IdentityGateway
+
 	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
 	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {
 		t.Fatalf("missing key file: %v", err)

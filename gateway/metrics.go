@@ -39,6 +39,8 @@ var (
 	dLinkOutages   = desc("link_outages_total", "Cloud link outages.")
 	dLinkForwarded = desc("link_forwarded_total", "Records acknowledged upstream.")
 	dLinkInflight  = desc("link_inflight", "Publishes awaiting their upstream PUBACK.")
+	dLinkDevUp     = desc("link_device_up", "1 while the device's own IoT Hub connection is up (identity per-device).", "device")
+	dLinkParked    = desc("link_device_parked", "Records waiting in the store for the device's own connection (identity per-device).", "device")
 	dDrainLeft     = desc("link_drain_remaining", "Backlog records still to replay after the last outage.")
 	dDrainRate     = desc("link_drain_rate", "Backlog replay rate, records/s.")
 	dDrainETA      = desc("link_drain_eta_seconds", "Estimated time to finish the backlog replay.")
@@ -52,7 +54,7 @@ type gatewayCollector struct{ g *Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dHealthy, dProduced, dStored, dHubConnected, dHubReceived, dHubStored,
 		dHubRefused, dHubAuthFail, dHubACLDenied, dHubPanics, dLinkUp, dLinkOutages, dLinkForwarded,
-		dLinkInflight, dDrainLeft, dDrainRate, dDrainETA, dDevUp, dDevReadings, dCommands} {
+		dLinkInflight, dLinkDevUp, dLinkParked, dDrainLeft, dDrainRate, dDrainETA, dDevUp, dDevReadings, dCommands} {
 		ch <- d
 	}
 }
@@ -90,6 +92,10 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		m(dDrainLeft, prometheus.GaugeValue, float64(l.Drain.Remaining))
 		m(dDrainRate, prometheus.GaugeValue, l.Drain.Rate)
 		m(dDrainETA, prometheus.GaugeValue, l.Drain.ETA.Seconds())
+		for id, d := range l.Devices {
+			m(dLinkDevUp, prometheus.GaugeValue, b(d.Connected), id)
+			m(dLinkParked, prometheus.GaugeValue, float64(d.Parked), id)
+		}
 	}
 	for _, d := range g.deviceList() {
 		s := d.status()

@@ -90,9 +90,10 @@ const (
 
 // Hub is a running stand-in hub.
 type Hub struct {
-	opt  Options
-	srv  *mqtt.Server
-	gate *gateListener
+	regMu sync.RWMutex // guards opt.Devices (SetDevice)
+	opt   Options
+	srv   *mqtt.Server
+	gate  *gateListener
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every change
@@ -283,11 +284,31 @@ func (h *Hub) Wait(timeout time.Duration, ok func(h *Hub) bool) bool {
 	}
 }
 
+// SetDevice registers device id with its key (or replaces its key), as
+// an operator fixing a device in the portal would.
+func (h *Hub) SetDevice(id, key string) {
+	h.regMu.Lock()
+	defer h.regMu.Unlock()
+	devs := make(map[string]string, len(h.opt.Devices)+1)
+	for k, v := range h.opt.Devices {
+		devs[k] = v
+	}
+	devs[id] = key
+	h.opt.Devices = devs
+}
+
+func (h *Hub) deviceKey(id string) (string, bool) {
+	h.regMu.RLock()
+	defer h.regMu.RUnlock()
+	k, ok := h.opt.Devices[id]
+	return k, ok
+}
+
 // SendC2D sends a cloud-to-device message to device (QoS 1). It is
 // delivered if the device is subscribed (or, with a persistent session,
 // when it is back).
 func (h *Hub) SendC2D(device string, props msg.Props, payload []byte) error {
-	if _, ok := h.opt.Devices[device]; !ok {
+	if _, ok := h.deviceKey(device); !ok {
 		return fmt.Errorf("hubtest: no device %q", device)
 	}
 	return h.srv.Publish(msg.DeviceboundTopic(device, props), payload, false, 1)
@@ -315,7 +336,7 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (time.Time, error
 	if cl.Properties.ProtocolVersion != 4 {
 		return time.Time{}, fmt.Errorf("MQTT protocol version %d, want 4 (3.1.1)", cl.Properties.ProtocolVersion)
 	}
-	if _, ok := h.opt.Devices[id]; !ok {
+	if _, ok := h.deviceKey(id); !ok {
 		return time.Time{}, fmt.Errorf("device %q is not registered", id)
 	}
 	user := string(pk.Connect.Username)
@@ -352,7 +373,7 @@ func (h *Hub) checkSAS(id, token string) (time.Time, error) {
 	if !exp.After(h.opt.Now()) {
 		return time.Time{}, fmt.Errorf("SAS token expired at %v", exp.UTC())
 	}
-	key := h.opt.Devices[id]
+	key, _ := h.deviceKey(id)
 	if skn, ok := f["skn"]; ok {
 		if key, ok = h.opt.Policies[skn]; !ok {
 			return time.Time{}, fmt.Errorf("SAS skn %q: no such policy", skn)

@@ -1,0 +1,287 @@
+package cloudlink
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/outpost-iot/outpost/cloudlink/internal/hubtest"
+	"github.com/outpost-iot/outpost/cloudlink/internal/tcpproxy"
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
+
+const (
+	testLeaf1Key = "bGVhZi1vbmUta2V5LWZvci10aGUtc3RhbmQtaW4taHVi" // "leaf-one-key-for-the-stand-in-hub"
+	testLeaf2Key = "bGVhZi10d28ta2V5LWZvci10aGUtc3RhbmQtaW4taHVi" // "leaf-two-key-for-the-stand-in-hub"
+)
+
+// runLink runs l until the test ends and checks Run returned nil.
+func runLink(t *testing.T, l Link) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- l.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("Run did not return 15s after cancel")
+		}
+	})
+}
+
+// TestAzurePerDevice runs identity per-device against the stand-in IoT Hub
+// from a real store. Each leaf with a key connects as itself; a leaf
+// without one goes under the gateway's identity. A leaf the hub refuses
+// (not registered yet) holds up nobody: the others' records all arrive
+// while its own wait in the store (parked beyond its buffer), and once the
+// hub knows it, its connection comes up by itself and every one of its
+// records arrives, in order. C2D to a leaf's own identity reaches Inbox
+// for that leaf.
+func TestAzurePerDevice(t *testing.T) {
+	pki := makePKI(t, t.TempDir())
+	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key})
+	q := openStore(t)
+
+	counts := map[string]int{"gw-01": 50, "leaf-1": 200, "leaf-2": 700, "leaf-3": 50}
+	var recs []*msg.Record
+	for i := range 1000 {
+		for _, dev := range []string{"gw-01", "leaf-1", "leaf-2", "leaf-3"} {
+			if i < counts[dev] {
+				recs = append(recs, &msg.Record{Device: dev, Payload: fmt.Appendf(nil, `{"dev":%q,"i":%d}`, dev, i)})
+			}
+		}
+	}
+	appendRecs(t, q, recs...)
+
+	var mu sync.Mutex
+	var inbox []string
+	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
+		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}},
+		Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
+			mid, _ := props.Get(msg.PropMessageID)
+			mu.Lock()
+			defer mu.Unlock()
+			inbox = append(inbox, fmt.Sprintf("%s %s %s", device, mid, payload))
+			return nil
+		}})
+	l, err := Open(opt, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.(*Fleet); !ok {
+		t.Fatalf("Open gave a %T for identity per-device", l)
+	}
+	runLink(t, l)
+
+	// byDevice counts each leaf's distinct readings the hub has, by the
+	// connection (identity) they came on and the leaf they are from.
+	type key struct{ conn, leaf string }
+	have := func(h *hubtest.Hub) map[key]int {
+		seen := map[string]bool{}
+		n := map[key]int{}
+		for _, d := range h.D2C() {
+			leaf := d.Device
+			if l, ok := d.Props.Get(PropDevice); ok {
+				leaf = l
+			}
+			mid, _ := d.Props.Get(msg.PropMessageID)
+			if !seen[mid] {
+				seen[mid] = true
+				n[key{d.Device, leaf}]++
+			}
+		}
+		return n
+	}
+	others := func(h *hubtest.Hub) bool {
+		n := have(h)
+		return n[key{"gw-01", "gw-01"}] == 50 && n[key{"leaf-1", "leaf-1"}] == 200 && n[key{"gw-01", "leaf-3"}] == 50
+	}
+	if !hub.Wait(20*time.Second, others) {
+		t.Fatalf("with leaf-2 refused, the others did not all arrive: %v", have(hub))
+	}
+	st := l.Status()
+	if d := st.Devices["leaf-2"]; d.Connected || d.Parked == 0 {
+		t.Errorf("leaf-2 refused by the hub: status %+v, want down with records parked", d)
+	}
+	if st.Connected {
+		t.Errorf("fleet reports connected while leaf-2 is down")
+	}
+	if hub.Count(hubtest.Refused, "leaf-2") == 0 {
+		t.Errorf("the hub never refused leaf-2")
+	}
+	if n := have(hub)[key{"leaf-2", "leaf-2"}]; n != 0 {
+		t.Fatalf("%d of leaf-2's records arrived although it was refused", n)
+	}
+
+	// The operator registers leaf-2: nobody restarts anything.
+	hub.SetDevice("leaf-2", testLeaf2Key)
+	if !hub.Wait(30*time.Second, func(h *hubtest.Hub) bool { return have(h)[key{"leaf-2", "leaf-2"}] == 700 }) {
+		t.Fatalf("leaf-2 has %d of 700 records after it was registered", have(hub)[key{"leaf-2", "leaf-2"}])
+	}
+	// Each connection carries its leaf's records in queue order.
+	last := map[string]uint64{}
+	seen := map[string]bool{}
+	for _, d := range hub.D2C() {
+		mid, _ := d.Props.Get(msg.PropMessageID)
+		if seen[mid] {
+			continue
+		}
+		seen[mid] = true
+		seq, _ := strconv.ParseUint(func() string { s, _ := d.Props.Get(msg.PropSeq); return s }(), 10, 64)
+		if _, ok := d.Props.Get(PropDevice); ok && d.Device != "gw-01" {
+			t.Errorf("a leaf's own connection sent outpost-device: %s", d.Topic)
+		}
+		if seq < last[d.Device] {
+			t.Errorf("connection %s: seq %d after %d", d.Device, seq, last[d.Device])
+		}
+		last[d.Device] = seq
+	}
+	for _, kind := range []string{hubtest.Violation, hubtest.Expired} {
+		if n := hub.Count(kind, ""); n != 0 {
+			t.Errorf("hub saw %d %s events", n, kind)
+		}
+	}
+
+	// C2D to a leaf's own identity.
+	if err := hub.SendC2D("leaf-1", msg.Props{{Key: msg.PropMessageID, Value: "c-1"}}, []byte(`{"write":{"x":1}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if !hub.Wait(10*time.Second, func(h *hubtest.Hub) bool { return h.Completed("leaf-1") == 1 }) {
+		t.Fatalf("leaf-1's C2D was not completed")
+	}
+	mu.Lock()
+	if len(inbox) != 1 || inbox[0] != `leaf-1 c-1 {"write":{"x":1}}` {
+		t.Errorf("inbox = %q", inbox)
+	}
+	mu.Unlock()
+
+	// Everything acknowledged has left the store.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := q.Stats()
+		if s.Depth == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store still holds %d records (%d leased)", s.Depth, s.Leased)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st = l.Status()
+	if st.Forwarded != 1000 || !st.Connected || len(st.Devices) != 3 {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// The fleet's connection gate: a burst, then the rate (on a fake clock).
+func TestConnectGate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newConnectGate(10, 5)
+		start := time.Now()
+		for i := range 25 {
+			if err := g.wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			// 5 at once, then one every 100 ms.
+			want := time.Duration(max(i-4, 0)) * 100 * time.Millisecond
+			if got := time.Since(start); got < want || got > want+time.Millisecond {
+				t.Fatalf("connect %d at %v, want %v", i, got, want)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := g.wait(ctx); err == nil {
+			t.Fatal("wait with no token and a done ctx returned nil")
+		}
+	})
+}
+
+// TestAzurePerDeviceOutage cuts the link to the stand-in hub five times
+// while three identities send: every record arrives, each connection in
+// queue order, and the fleet reconnects every identity by itself.
+func TestAzurePerDeviceOutage(t *testing.T) {
+	pki := makePKI(t, t.TempDir())
+	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key})
+	px := newProxy(t, hub.Addr())
+	q := openStore(t)
+	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + px.Addr(), CAFile: pki.ca, Logger: testLogger(t),
+		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}})
+	l, err := Open(opt, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runLink(t, l)
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			dev := []string{"gw-01", "leaf-1", "leaf-2"}[n%3]
+			if err := q.Append(context.Background(), &msg.Record{Device: dev, Priority: msg.Normal, Payload: fmt.Appendf(nil, `{"n":%d}`, n)}); err != nil {
+				t.Errorf("append: %v", err)
+				return
+			}
+			n++
+		}
+	}()
+	for range 5 {
+		time.Sleep(150 * time.Millisecond)
+		px.Set(tcpproxy.Cut)
+		time.Sleep(100 * time.Millisecond)
+		px.Set(tcpproxy.Up)
+	}
+	close(stop)
+	n := <-done
+	unique := func(h *hubtest.Hub) map[string]bool {
+		seen := map[string]bool{}
+		for _, d := range h.D2C() {
+			mid, _ := d.Props.Get(msg.PropMessageID)
+			seen[mid] = true
+		}
+		return seen
+	}
+	if !hub.Wait(20*time.Second, func(h *hubtest.Hub) bool { return len(unique(h)) >= n }) {
+		t.Fatalf("hub has %d of %d records", len(unique(hub)), n)
+	}
+	last, seen := map[string]uint64{}, map[string]bool{}
+	for _, d := range hub.D2C() {
+		mid, _ := d.Props.Get(msg.PropMessageID)
+		if seen[mid] {
+			continue
+		}
+		seen[mid] = true
+		s, _ := d.Props.Get(msg.PropSeq)
+		seq, _ := strconv.ParseUint(s, 10, 64)
+		if seq < last[d.Device] {
+			t.Errorf("connection %s: seq %d after %d", d.Device, seq, last[d.Device])
+		}
+		last[d.Device] = seq
+	}
+	st := l.Status()
+	t.Logf("%d records, %d deliveries, %d outages, %d resent", n, len(hub.D2C()), st.Outages, st.Resent)
+	if st.Outages < 5 {
+		t.Errorf("%d outages counted over 5 cuts of 3 connections", st.Outages)
+	}
+	for id, d := range st.Devices {
+		if d.Outages == 0 {
+			t.Errorf("%s: no outage seen", id)
+		}
+	}
+}
