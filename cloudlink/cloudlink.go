@@ -77,6 +77,11 @@ type AzureOptions struct {
 	Identity string // "gateway" (default) or "per-device"
 	// DeviceKeys holds each leaf's key for Identity "per-device".
 	DeviceKeys map[string]string
+	// Leaves are the leaves known at start (Identity "per-device"): those
+	// with an identity (a key, or the policy key) connect at once, so C2D
+	// reaches them before their first D2C. Others connect on their first
+	// record.
+	Leaves []string
 	// TokenTTL is the SAS token lifetime (default 1 h); the session reconnects
 	// with a fresh token RenewBefore (default 5 min, at most TTL/2) before expiry.
 	TokenTTL, RenewBefore time.Duration

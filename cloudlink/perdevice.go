@@ -106,6 +106,15 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	if _, err := f.session(""); err != nil { // the gateway's, and a check of the options
 		return nil, err
 	}
+	// Every known leaf with an identity connects from the start, so that
+	// C2D reaches it before it has sent anything.
+	for _, dev := range append(slices.Sorted(maps.Keys(opt.Azure.DeviceKeys)), opt.Azure.Leaves...) {
+		if id := f.identity(dev); id != "" {
+			if _, err := f.session(id); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return f, nil
 }
 

@@ -48,7 +48,7 @@ func runLink(t *testing.T, l Link) {
 // for that leaf.
 func TestAzurePerDevice(t *testing.T) {
 	pki := makePKI(t, t.TempDir())
-	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key})
+	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key, "leaf-4": testLeaf1Key})
 	q := openStore(t)
 
 	counts := map[string]int{"gw-01": 50, "leaf-1": 200, "leaf-2": 700, "leaf-3": 50}
@@ -66,7 +66,7 @@ func TestAzurePerDevice(t *testing.T) {
 	var inbox []string
 	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
 		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
-			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}},
+			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key, "leaf-4": testLeaf1Key}},
 		Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
 			mid, _ := props.Get(msg.PropMessageID)
 			mu.Lock()
@@ -159,8 +159,15 @@ func TestAzurePerDevice(t *testing.T) {
 	if !hub.Wait(10*time.Second, func(h *hubtest.Hub) bool { return h.Completed("leaf-1") == 1 }) {
 		t.Fatalf("leaf-1's C2D was not completed")
 	}
+	// leaf-4 has sent nothing, and is connected for its C2D all the same.
+	if err := hub.SendC2D("leaf-4", msg.Props{{Key: msg.PropMessageID, Value: "c-4"}}, []byte(`{"send":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if !hub.Wait(10*time.Second, func(h *hubtest.Hub) bool { return h.Completed("leaf-4") == 1 }) {
+		t.Fatalf("leaf-4's C2D was not completed")
+	}
 	mu.Lock()
-	if len(inbox) != 1 || inbox[0] != `leaf-1 c-1 {"write":{"x":1}}` {
+	if len(inbox) != 2 || inbox[0] != `leaf-1 c-1 {"write":{"x":1}}` || inbox[1] != `leaf-4 c-4 {"send":"x"}` {
 		t.Errorf("inbox = %q", inbox)
 	}
 	mu.Unlock()
@@ -178,7 +185,7 @@ func TestAzurePerDevice(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	st = l.Status()
-	if st.Forwarded != 1000 || !st.Connected || len(st.Devices) != 3 {
+	if st.Forwarded != 1000 || !st.Connected || len(st.Devices) != 4 {
 		t.Errorf("status %+v", st)
 	}
 }

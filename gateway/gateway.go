@@ -237,6 +237,14 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 				return opt, err
 			}
 			opt.Azure.DeviceKeys = keys
+			for _, d := range g.cfg.Devices {
+				opt.Azure.Leaves = append(opt.Azure.Leaves, d.ID)
+			}
+			for _, c := range g.cfg.Hub.Clients {
+				if !c.ReadAll && !c.Operator || c.Azure != nil { // observers are not devices
+					opt.Azure.Leaves = append(opt.Azure.Leaves, c.ID)
+				}
+			}
 		}
 	}
 	return opt, nil

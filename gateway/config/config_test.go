@@ -294,3 +294,16 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// identity per-device: a leaf needs its own key (or the policy key), an
+// observer or operator client does not (it is not a device).
+func TestPerDeviceObservers(t *testing.T) {
+	base := ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, identity: per-device}\n"
+	if _, err := Parse("t.yaml", []byte(base+`hub: {clients: [{id: dash, password_hash: "`+hash+`", read_all: true}, {id: hmi, password_hash: "`+hash+`", operator: true}]}`+"\n")); err != nil {
+		t.Errorf("observer and operator without azure keys: %v", err)
+	}
+	_, err := Parse("t.yaml", []byte(base+`hub: {clients: [{id: leaf-1, password_hash: "`+hash+`"}]}`+"\n"))
+	if err == nil || !strings.Contains(err.Error(), "hub.clients[0] needs azure") {
+		t.Errorf("leaf without a key: %v", err)
+	}
+}

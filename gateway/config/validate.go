@@ -190,7 +190,11 @@ func (v *validator) hub() {
 				v.errorf(p+".password_hash", "%s.password_hash is not a bcrypt hash (make one with `outpost passwd`)", p)
 			}
 		}
-		v.deviceAzure(p, cl.Azure)
+		if !cl.ReadAll && !cl.Operator || cl.Azure != nil {
+			// Observers and operators are not devices: they need no
+			// IoT Hub identity of their own.
+			v.deviceAzure(p, cl.Azure)
+		}
 	}
 }
 
