@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -60,7 +62,7 @@ type Fleet struct {
 	opt  Options
 	q    queue
 	log  *slog.Logger
-	gate *connectGate
+	gate *rate.Limiter // new connections, all identities together
 
 	mu       sync.Mutex
 	devs     map[string]*devQueue // by device id; "" is the gateway's own
@@ -101,7 +103,7 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	}
 	o.Azure.DeviceKeys = opt.Azure.DeviceKeys
 	f := &Fleet{opt: o, q: q, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityDevice),
-		gate: newConnectGate(defaultConnectRate, defaultConnectBurst),
+		gate: rate.NewLimiter(defaultConnectRate, defaultConnectBurst),
 		devs: map[string]*devQueue{}, sessions: map[string]*Session{}, unpark: map[*devQueue]bool{}}
 	if _, err := f.session(""); err != nil { // the gateway's, and a check of the options
 		return nil, err
@@ -143,7 +145,7 @@ func (f *Fleet) session(id string) (*devQueue, error) {
 	}
 	o := f.opt
 	o.Azure.DeviceKeys = nil
-	o.connectGate = f.gate.wait
+	o.connectGate = f.gate.Wait
 	if id != "" {
 		o.Azure.DeviceID, o.ClientID = id, id
 		if k, ok := f.opt.Azure.DeviceKeys[id]; ok {
@@ -455,43 +457,4 @@ func (dq *devQueue) Reject(seq uint64, reason string) error {
 	delete(dq.out, seq)
 	dq.f.mu.Unlock()
 	return nil
-}
-
-// connectGate is a token bucket for new connections, shared by a fleet.
-type connectGate struct {
-	mu     sync.Mutex
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func newConnectGate(rate float64, burst int) *connectGate {
-	return &connectGate{rate: rate, burst: float64(burst), tokens: float64(burst)}
-}
-
-// wait takes a token, waiting for one if need be.
-func (g *connectGate) wait(ctx context.Context) error {
-	for {
-		g.mu.Lock()
-		now := time.Now()
-		if !g.last.IsZero() {
-			g.tokens = min(g.burst, g.tokens+now.Sub(g.last).Seconds()*g.rate)
-		}
-		g.last = now
-		if g.tokens >= 1 {
-			g.tokens--
-			g.mu.Unlock()
-			return nil
-		}
-		wait := time.Duration((1 - g.tokens) / g.rate * float64(time.Second))
-		g.mu.Unlock()
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 }

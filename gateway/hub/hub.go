@@ -47,6 +47,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"golang.org/x/time/rate"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -133,7 +134,7 @@ type Hub struct {
 	hook    *hook
 	plain   *listener
 	tls     *listener
-	rate    *rateLimiter
+	rate    *rate.Limiter // new connections
 	c2d     *c2d
 	stats   counters
 	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
@@ -193,7 +194,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 		out:     out,
 		log:     opt.Logger,
 		clients: make(map[string]*clientConf, len(opt.Clients)),
-		rate:    newRateLimiter(opt.ConnectRate, opt.ConnectBurst),
+		rate:    rate.NewLimiter(rate.Limit(opt.ConnectRate), opt.ConnectBurst),
 		closing: make(chan struct{}),
 	}
 	var errs []error

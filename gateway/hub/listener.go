@@ -168,7 +168,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
-		if !l.h.rate.allow() {
+		if !l.h.rate.Allow() {
 			l.h.stats.rateLimited.Add(1)
 			conn.Close()
 			continue
@@ -279,32 +279,4 @@ func (h *Hub) tlsConfig() (*tls.Config, error) {
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return cfg, nil
-}
-
-// rateLimiter is a token bucket for new connections.
-type rateLimiter struct {
-	mu     sync.Mutex
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate float64, burst int) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: float64(burst), tokens: float64(burst)}
-}
-
-func (r *rateLimiter) allow() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := time.Now()
-	if !r.last.IsZero() {
-		r.tokens = min(r.burst, r.tokens+now.Sub(r.last).Seconds()*r.rate)
-	}
-	r.last = now
-	if r.tokens < 1 {
-		return false
-	}
-	r.tokens--
-	return true
 }
