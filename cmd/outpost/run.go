@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -189,6 +191,21 @@ func printStatus(w io.Writer, st gateway.Status) {
 			fmt.Fprintf(w, " (%s)", l.LastError)
 		}
 		fmt.Fprintln(w)
+		for _, id := range slices.Sorted(maps.Keys(l.Devices)) { // identity per-device
+			d := l.Devices[id]
+			state := "down"
+			if d.Connected {
+				state = "up"
+			}
+			fmt.Fprintf(w, "  as      %-12s %-4s %d forwarded, %d outages", id, state, d.Forwarded, d.Outages)
+			if d.Parked > 0 {
+				fmt.Fprintf(w, ", %d waiting", d.Parked)
+			}
+			if !d.Connected && d.LastError != "" {
+				fmt.Fprintf(w, " (%s)", d.LastError)
+			}
+			fmt.Fprintln(w)
+		}
 	} else {
 		fmt.Fprintln(w, "link      none (buffer only)")
 	}
