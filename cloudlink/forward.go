@@ -21,8 +21,9 @@ type forwarder struct {
 	slots chan struct{} // one token per publish in flight
 	// backlogSlots is the backlog stream's share of slots (live-first).
 	backlogSlots chan struct{}
-	pending      chan *pub // published, awaiting PUBACK, in publish order
-	pk           *packer   // nil unless packing
+	pending      chan *pub               // published, awaiting PUBACK, in publish order
+	pk           *packer                 // nil unless packing
+	cancel       context.CancelCauseFunc // ends the connection (set by run)
 
 	mu     sync.Mutex
 	leased map[uint64]struct{} // leased from the store and not yet acked or rejected
@@ -67,6 +68,7 @@ func newForwarder(s *Session, c paho.Client) *forwarder {
 // paho's write timeout): the leaser cleans up after itself (see hold) and
 // Session.Run waits for it before returning.
 func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) error {
+	f.cancel = cancel
 	ackc, leasec := make(chan error, 1), make(chan error, 1)
 	go func() { ackc <- f.ack(ctx) }()
 	f.s.wg.Add(1)
@@ -151,6 +153,12 @@ func (f *forwarder) publishRec(ctx context.Context, rec *msg.Record, p *pub) err
 	select {
 	case f.slots <- struct{}{}:
 	case <-ctx.Done():
+		return nil
+	}
+	if ctx.Err() != nil {
+		// Both were ready: the connection is over and releaseAll may have
+		// given the records back already; do not send them on it.
+		<-f.slots
 		return nil
 	}
 	tok := f.c.Publish(f.s.d.topic(rec), 1, false, rec.Payload)

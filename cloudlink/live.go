@@ -160,6 +160,12 @@ func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
 				f.s.wg.Go(func() { f.backlogOut(ctx) })
 			}
 		} else {
+			if wait == 0 && f.pk != nil {
+				// Waiting for a backlog slot: packs holding them go now.
+				if err := f.pk.flushBacklog(ctx); err != nil {
+					return err
+				}
+			}
 			recs, err = f.leaseLiveUntil(ctx, lq, mark, wait)
 		}
 		if err != nil {

@@ -124,6 +124,24 @@ func (k *packer) overhead(p *pack, r *msg.Record) int {
 	return len(p.props) + len(r.Device) + 64
 }
 
+// flushBacklog publishes every open pack that holds a backlog slot. The
+// live-first leaser calls it before it waits for a backlog slot: with more
+// devices than backlog slots, packs opened by backlog records would
+// otherwise hold every slot until MaxDelay, and the backlog would move a
+// few records per MaxDelay.
+func (k *packer) flushBacklog(ctx context.Context) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for dev, p := range k.open {
+		if p.bslot {
+			if err := k.flush(ctx, dev, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // tick publishes every pack that has waited MaxDelay. It runs until ctx
 // ends; what is still open then was leased and is released with the rest.
 func (k *packer) tick(ctx context.Context) {
@@ -139,6 +157,7 @@ func (k *packer) tick(ctx context.Context) {
 				if now.Sub(p.opened) >= k.delay {
 					if err := k.flush(ctx, dev, p); err != nil {
 						k.mu.Unlock()
+						k.f.cancel(err) // a store error: end the connection
 						return
 					}
 				}

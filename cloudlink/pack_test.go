@@ -222,3 +222,27 @@ func TestPackAzure(t *testing.T) {
 	}
 	t.Logf("200 readings in %d messages", len(d2c))
 }
+
+// A backlog spread over more devices than the backlog has in-flight slots
+// must not wait MaxDelay for each round of packs: the leaser sends the
+// packs that hold backlog slots before it waits for one. (Before, 400
+// records over 40 devices took 34 rounds of MaxDelay: over a minute.)
+func TestPackBacklogManyDevices(t *testing.T) {
+	m := peertest.StartMosquitto(t)
+	col := collect(t, "tcp://"+m.Addr, nil, "", "")
+	devs := make([]string, 40)
+	for i := range devs {
+		devs[i] = fmt.Sprintf("leaf-%02d", i)
+	}
+	q := newMemQueue()
+	want, payloads := fill(q, 400, devs...)
+	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-pack3", MaxInflight: 16, Logger: testLogger(t),
+		Pack: PackOptions{MaxBytes: 4096, MaxDelay: 2 * time.Second}}, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSession(t, s)
+	waitDrained(t, q, 15*time.Second)
+	col.waitUnique(400, 10*time.Second)
+	col.verify(want, payloads, false)
+}

@@ -1,12 +1,12 @@
 package cloudlink
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -60,18 +60,29 @@ const (
 // not reconnect them all at once after an outage.
 type Fleet struct {
 	opt  Options
-	q    queue
+	q    parkingQueue
 	log  *slog.Logger
 	gate *rate.Limiter // new connections, all identities together
 
 	mu       sync.Mutex
 	devs     map[string]*devQueue // by device id; "" is the gateway's own
 	sessions map[string]*Session
-	unpark   map[*devQueue]bool // asked to release their parked records
-	poke     context.CancelFunc // cancels the router's current Lease wait
+	stop     context.CancelFunc // ends the router (a session's store failure)
 	runCtx   context.Context
 	wg       sync.WaitGroup
 	serr     error
+}
+
+// parkingQueue is the queue a Fleet needs: one that can park records
+// (*store.Queue can).
+type parkingQueue interface {
+	queue
+	// Park takes leased records out of the lease order: not handed out
+	// again, still evictable and expirable.
+	Park(seqs ...uint64) error
+	// LeaseParked leases parked records back, in the order given, and
+	// returns those still there.
+	LeaseParked(seqs ...uint64) ([]*msg.Record, error)
 }
 
 // NewFleet validates opt (Identity must be per-device) and returns a Fleet
@@ -84,8 +95,9 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	if q == nil {
-		return nil, fmt.Errorf("%w: nil queue", ErrOptions)
+	pq, ok := q.(parkingQueue)
+	if !ok {
+		return nil, fmt.Errorf("%w: identity per-device needs a queue that can park records (the store), got %T", ErrOptions, q)
 	}
 	if o.Protocol != ProtocolAzure {
 		return nil, fmt.Errorf("%w: identity per-device is for protocol azure-iothub", ErrOptions)
@@ -102,9 +114,9 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 		return nil, fmt.Errorf("%w: identity per-device needs device keys or a policy key (X.509 is one identity)", ErrOptions)
 	}
 	o.Azure.DeviceKeys = opt.Azure.DeviceKeys
-	f := &Fleet{opt: o, q: q, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityDevice),
+	f := &Fleet{opt: o, q: pq, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityDevice),
 		gate: rate.NewLimiter(defaultConnectRate, defaultConnectBurst),
-		devs: map[string]*devQueue{}, sessions: map[string]*Session{}, unpark: map[*devQueue]bool{}}
+		devs: map[string]*devQueue{}, sessions: map[string]*Session{}}
 	if _, err := f.session(""); err != nil { // the gateway's, and a check of the options
 		return nil, err
 	}
@@ -154,7 +166,7 @@ func (f *Fleet) session(id string) (*devQueue, error) {
 		o.CertFile, o.KeyFile = "", "" // a leaf signs in with its SAS, not the gateway's certificate
 		o.Logger = f.opt.Logger.With("device", id)
 	}
-	dq := &devQueue{f: f, id: id, avail: make(chan struct{}, 1), out: map[uint64]*msg.Record{}}
+	dq := &devQueue{f: f, id: id, avail: make(chan struct{}, 1), out: map[uint64]ent{}}
 	s, err := New(o, dq)
 	if err != nil {
 		return nil, err
@@ -182,8 +194,8 @@ func (f *Fleet) fail(err error) {
 	if f.serr == nil {
 		f.serr = err
 	}
-	if f.poke != nil {
-		f.poke()
+	if f.stop != nil {
+		f.stop()
 	}
 }
 
@@ -191,13 +203,15 @@ func (f *Fleet) fail(err error) {
 // the store fails. Records routed and not yet acknowledged are released.
 func (f *Fleet) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
 	f.mu.Lock()
-	f.runCtx = ctx
+	f.runCtx, f.stop = ctx, stop
 	for _, s := range f.sessions {
 		f.start(s)
 	}
 	f.mu.Unlock()
-	err := f.route(ctx)
+	err := f.route(rctx)
 	cancel()
 	f.wg.Wait()
 	f.releaseAll()
@@ -213,52 +227,27 @@ func (f *Fleet) Run(ctx context.Context) error {
 func (f *Fleet) route(ctx context.Context) error {
 	const batch = 256
 	for {
-		f.mu.Lock()
-		if f.serr != nil {
-			f.mu.Unlock()
-			return nil
-		}
-		ask := slices.Collect(maps.Keys(f.unpark))
-		clear(f.unpark)
-		wctx, cancel := context.WithCancel(ctx)
-		f.poke = cancel
-		f.mu.Unlock()
-		for _, dq := range ask {
-			if seqs := dq.takeParked(); len(seqs) > 0 {
-				if err := f.q.Release(seqs...); err != nil {
-					cancel()
-					return storeErr("release", err)
-				}
-			}
-		}
-		recs, err := f.q.Lease(wctx, batch)
-		cancel()
+		recs, err := f.q.Lease(ctx, batch)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if wctx.Err() != nil {
-				continue // poked: someone wants its records back
-			}
 			return storeErr("lease", err)
 		}
-		for _, r := range recs {
+		for i, r := range recs {
 			dq, err := f.session(f.identity(r.Device))
-			if err != nil { // cannot happen: the gateway's options passed
-				return err
+			if err == nil {
+				err = dq.push(r)
 			}
-			dq.push(r)
+			if err != nil {
+				seqs := make([]uint64, 0, len(recs)-i)
+				for _, r := range recs[i:] {
+					seqs = append(seqs, r.Seq)
+				}
+				_ = f.q.Release(seqs...)
+				return storeErr("park", err)
+			}
 		}
-	}
-}
-
-// wantUnpark asks the router to release dq's parked records.
-func (f *Fleet) wantUnpark(dq *devQueue) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.unpark[dq] = true
-	if f.poke != nil {
-		f.poke()
 	}
 }
 
@@ -271,6 +260,7 @@ func (f *Fleet) releaseAll() {
 	for _, dq := range dqs {
 		seqs = append(seqs, dq.takeAll()...)
 	}
+	// Release takes parked records as well as leased ones.
 	if len(seqs) > 0 {
 		slices.Sort(seqs)
 		if err := f.q.Release(seqs...); err != nil {
@@ -330,50 +320,95 @@ type DeviceStatus struct {
 }
 
 // devQueue is the queue one device's session sees: the records the router
-// handed it, in queue order.
+// handed it, in routing order.
 type devQueue struct {
 	f     *Fleet
 	id    string
 	avail chan struct{} // cap 1: records were pushed
+	// pmu serialises parking and refilling, so that a record parked while
+	// the buffer is refilled from the parked ones lands behind them. It is
+	// taken before f.mu.
+	pmu sync.Mutex
 
 	// all under f.mu
-	buf    []*msg.Record          // routed, not leased by the session
-	out    map[uint64]*msg.Record // leased by the session
-	parked []uint64               // leased from the store, not in memory
+	buf    []ent          // routed, not leased by the session, in routing order
+	out    map[uint64]ent // leased by the session
+	parked []uint64       // parked in the store, in routing order
+	next   uint64         // routing order of the next record into buf
 }
 
-// push takes r from the router: buffered, or parked when the buffer is
-// full or records are parked already (their order must hold).
-func (dq *devQueue) push(r *msg.Record) {
+// ent is a record with its place in the device's routing order.
+type ent struct {
+	r   *msg.Record
+	idx uint64
+}
+
+// push takes r from the router: buffered, or parked in the store when the
+// buffer is full or records are parked already (their order must hold).
+func (dq *devQueue) push(r *msg.Record) error {
+	f := dq.f
+	dq.pmu.Lock()
+	defer dq.pmu.Unlock()
+	f.mu.Lock()
+	if len(dq.parked) == 0 && len(dq.buf) < devBuffer {
+		dq.buf = append(dq.buf, ent{r, dq.next})
+		dq.next++
+		f.mu.Unlock()
+		select {
+		case dq.avail <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	f.mu.Unlock()
+	if err := f.q.Park(r.Seq); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	dq.parked = append(dq.parked, r.Seq)
+	f.mu.Unlock()
+	return nil
+}
+
+// refill moves parked records back into the buffer once it is half empty:
+// leased back from the store by seq, so nothing else is read again.
+func (dq *devQueue) refill() error {
 	f := dq.f
 	f.mu.Lock()
-	if len(dq.parked) > 0 || len(dq.buf) >= devBuffer {
-		dq.parked = append(dq.parked, r.Seq)
-		f.mu.Unlock()
-		return
-	}
-	dq.buf = append(dq.buf, r)
+	need := len(dq.parked) > 0 && len(dq.buf) <= devBuffer/2
 	f.mu.Unlock()
-	select {
-	case dq.avail <- struct{}{}:
-	default:
+	if !need {
+		return nil
 	}
-}
-
-func (dq *devQueue) takeParked() []uint64 {
-	dq.f.mu.Lock()
-	defer dq.f.mu.Unlock()
-	seqs := dq.parked
-	dq.parked = nil
-	return seqs
+	dq.pmu.Lock()
+	defer dq.pmu.Unlock()
+	f.mu.Lock()
+	n := min(len(dq.parked), devBuffer-len(dq.buf))
+	seqs := slices.Clone(dq.parked[:n])
+	f.mu.Unlock()
+	recs, err := f.q.LeaseParked(seqs...)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	dq.parked = dq.parked[n:]
+	if len(dq.parked) == 0 {
+		dq.parked = nil
+	}
+	for _, r := range recs { // evicted or expired ones are gone
+		dq.buf = append(dq.buf, ent{r, dq.next})
+		dq.next++
+	}
+	return nil
 }
 
 func (dq *devQueue) takeAll() []uint64 {
 	dq.f.mu.Lock()
 	defer dq.f.mu.Unlock()
 	seqs := dq.parked
-	for _, r := range dq.buf {
-		seqs = append(seqs, r.Seq)
+	for _, e := range dq.buf {
+		seqs = append(seqs, e.r.Seq)
 	}
 	for seq := range dq.out {
 		seqs = append(seqs, seq)
@@ -387,18 +422,18 @@ func (dq *devQueue) takeAll() []uint64 {
 func (dq *devQueue) Lease(ctx context.Context, max int) ([]*msg.Record, error) {
 	f := dq.f
 	for {
+		if err := dq.refill(); err != nil {
+			return nil, err
+		}
 		f.mu.Lock()
 		if n := min(max, len(dq.buf)); n > 0 {
-			recs := slices.Clone(dq.buf[:n])
+			recs := make([]*msg.Record, n)
+			for i, e := range dq.buf[:n] {
+				recs[i] = e.r
+				dq.out[e.r.Seq] = e
+			}
 			dq.buf = append(dq.buf[:0], dq.buf[n:]...)
-			for _, r := range recs {
-				dq.out[r.Seq] = r
-			}
-			refill := len(dq.parked) > 0 && len(dq.buf) <= devBuffer/2
 			f.mu.Unlock()
-			if refill {
-				f.wantUnpark(dq)
-			}
 			return recs, nil
 		}
 		f.mu.Unlock()
@@ -423,23 +458,25 @@ func (dq *devQueue) Ack(seqs ...uint64) error {
 	return nil
 }
 
-// Release puts records the session gave back at the front of the buffer,
-// in order: they stay with this device (releasing them to the store would
-// only have the router read them again).
+// Release puts records the session gave back into the buffer at their
+// place in the routing order: they stay with this device (releasing them
+// to the store would only have the router read them again).
 func (dq *devQueue) Release(seqs ...uint64) error {
 	f := dq.f
 	f.mu.Lock()
-	back := make([]*msg.Record, 0, len(seqs))
+	n := 0
 	for _, seq := range seqs {
-		if r, ok := dq.out[seq]; ok {
-			back = append(back, r)
+		if e, ok := dq.out[seq]; ok {
+			dq.buf = append(dq.buf, e)
 			delete(dq.out, seq)
+			n++
 		}
 	}
-	sort.Slice(back, func(i, j int) bool { return back[i].Seq < back[j].Seq })
-	dq.buf = append(back, dq.buf...)
+	if n > 0 {
+		slices.SortFunc(dq.buf, func(a, b ent) int { return cmp.Compare(a.idx, b.idx) })
+	}
 	f.mu.Unlock()
-	if len(back) > 0 {
+	if n > 0 {
 		select {
 		case dq.avail <- struct{}{}:
 		default:

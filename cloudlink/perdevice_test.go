@@ -3,8 +3,10 @@ package cloudlink
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -292,5 +294,128 @@ func TestAzurePerDeviceOutage(t *testing.T) {
 		if d.Outages == 0 {
 			t.Errorf("%s: no outage seen", id)
 		}
+	}
+}
+
+// countQueue counts the records the router reads and the parked ones read
+// back.
+type countQueue struct {
+	parkingQueue
+	leased, back atomic.Int64
+}
+
+func (c *countQueue) Lease(ctx context.Context, n int) ([]*msg.Record, error) {
+	r, err := c.parkingQueue.Lease(ctx, n)
+	c.leased.Add(int64(len(r)))
+	return r, err
+}
+
+func (c *countQueue) LeaseParked(seqs ...uint64) ([]*msg.Record, error) {
+	r, err := c.parkingQueue.LeaseParked(seqs...)
+	c.back.Add(int64(len(r)))
+	return r, err
+}
+
+// A leaf back after a long outage drains its parked records without the
+// store reading them again and again, and without holding up the others:
+// another leaf's new record is routed at once, while the first still has
+// thousands waiting. (The test plays the leaves' sessions.)
+func TestFleetUnparkCost(t *testing.T) {
+	const P = 20000
+	q := openStore(t)
+	for i := 0; i < P; i += 1000 {
+		b := make([]*msg.Record, 1000)
+		for j := range b {
+			b[j] = &msg.Record{Device: "leaf-1", Payload: fmt.Appendf(nil, `{"i":%d}`, i+j)}
+		}
+		appendRecs(t, q, b...)
+	}
+	cq := &countQueue{parkingQueue: q}
+	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, cq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	routed := make(chan error, 1)
+	go func() { routed <- f.route(ctx) }() // the sessions are not started
+	dq1, _ := f.session("leaf-1")
+	dq2, _ := f.session("leaf-2")
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("all routed", func() bool { return cq.leased.Load() == P })
+	if st := q.Stats(); st.Parked != P-devBuffer || st.Leased != devBuffer {
+		t.Fatalf("store: %d parked, %d leased; want %d and %d", st.Parked, st.Leased, P-devBuffer, devBuffer)
+	}
+	var last uint64
+	for got := 0; got < P; {
+		recs, err := dq1.Lease(ctx, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Seq <= last {
+				t.Fatalf("seq %d after %d", r.Seq, last)
+			}
+			last = r.Seq
+			if err := dq1.Ack(r.Seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got += len(recs)
+		if got == P/2 {
+			appendRecs(t, q, &msg.Record{Device: "leaf-2", Payload: []byte(`{}`)})
+			lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+			r2, err := dq2.Lease(lctx, 1)
+			lcancel()
+			if err != nil || len(r2) != 1 {
+				t.Fatalf("leaf-2's record was not routed while leaf-1 drained: %v", err)
+			}
+			if p := q.Stats().Parked; p < P/4 {
+				t.Fatalf("only %d of leaf-1's records were still parked", p)
+			}
+		}
+	}
+	if n := cq.leased.Load(); n != P+1 {
+		t.Errorf("the router read %d records for %d: records were read again", n, P+1)
+	}
+	if n := cq.back.Load(); n != P-devBuffer {
+		t.Errorf("%d parked records read back, want %d", n, P-devBuffer)
+	}
+	cancel()
+	if err := <-routed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Records a session gives back go to their place in the device's order,
+// whatever order they come back in.
+func TestDevQueueReleaseOrder(t *testing.T) {
+	f := &Fleet{}
+	dq := &devQueue{f: f, avail: make(chan struct{}, 1), out: map[uint64]ent{}}
+	for s := uint64(1); s <= 5; s++ {
+		dq.buf = append(dq.buf, ent{&msg.Record{Seq: s}, dq.next})
+		dq.next++
+	}
+	ctx := context.Background()
+	a, _ := dq.Lease(ctx, 2) // in flight
+	b, _ := dq.Lease(ctx, 2) // a straggling leaser's
+	dq.Release(a[0].Seq, a[1].Seq)
+	dq.Release(b[1].Seq, b[0].Seq)
+	got, _ := dq.Lease(ctx, 10)
+	var seqs []uint64
+	for _, r := range got {
+		seqs = append(seqs, r.Seq)
+	}
+	if !slices.Equal(seqs, []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("after releases: %v, want 1..5", seqs)
 	}
 }

@@ -8,8 +8,9 @@ import (
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
-// evict deletes, in b, the oldest records that are not leased, Low class
-// first, until need bytes are freed. Records appended earlier in the same
+// evict deletes, in b, the oldest records that are not leased (released,
+// then parked, then from the cursor), Low class first, until need bytes are
+// freed. Records appended earlier in the same
 // batch are candidates too (the newest of their class). Leased records are
 // never evicted: they are in flight and will be acked or released. If need
 // cannot be freed nothing is evicted and evict returns false (the caller
@@ -19,7 +20,7 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 	defer q.mu.Unlock()
 	var victims []ref
 	var got int64
-	var nReleased [msg.NumPriorities]int
+	var nReleased, parkedCut [msg.NumPriorities]int
 	cursors := [msg.NumPriorities]uint64{}
 	for c := range q.cls {
 		cursors[c] = q.cls[c].cursor
@@ -35,6 +36,13 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 			nReleased[c]++
 			got += int64(r.size)
 		}
+		for i := 0; i < len(cs.parked) && got < need && fits(); i++ {
+			parkedCut[c] = i + 1
+			if p := cs.parked[i]; !p.taken {
+				victims = append(victims, p.ref)
+				got += int64(p.size)
+			}
+		}
 		if got < need {
 			if err := q.evictScan(b, c, need-got, fits, &cursors[c], &victims, &got); err != nil {
 				return false, err
@@ -48,8 +56,16 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 		return false, nil
 	}
 	for c := range q.cls {
-		q.cls[c].released = q.cls[c].released[nReleased[c]:]
-		q.cls[c].cursor = cursors[c]
+		cs := &q.cls[c]
+		cs.released = cs.released[nReleased[c]:]
+		for _, p := range cs.parked[:parkedCut[c]] {
+			if p.taken {
+				cs.parkedTaken--
+			}
+		}
+		cs.parked = cs.parked[parkedCut[c]:]
+		cs.compactParked()
+		cs.cursor = cursors[c]
 	}
 	for _, r := range victims {
 		if err := b.del(outboxKey(r.class, r.seq)); err != nil {
@@ -121,8 +137,23 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 					drops = append(drops, r)
 				}
 			}
-			if len(cs.released) > 0 {
-				continue // a live released record is older than anything at the cursor
+			for len(drops) < limit {
+				r, ok := cs.oldestParked()
+				if !ok {
+					break
+				}
+				enq, ok := q.enqueuedAt(txn, r)
+				if ok && now.Sub(enq) <= q.opt.TTL {
+					break
+				}
+				q.takeParked(r.seq)
+				if ok {
+					q.pendingDel[r.seq] = c
+					drops = append(drops, r)
+				}
+			}
+			if _, ok := cs.oldestParked(); ok || len(cs.released) > 0 {
+				continue // a live released or parked record is older than anything at the cursor
 			}
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
 			for it.Seek(outboxKey(c, cs.cursor)); it.Valid() && len(drops) < limit; it.Next() {

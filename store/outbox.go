@@ -15,10 +15,15 @@ import (
 
 // classState is the in-memory lease state of one priority class, guarded by
 // q.mu. Every record of the class with seq < cursor is leased, released,
-// awaiting deletion, or gone; so Lease never iterates over deleted keys.
+// parked, awaiting deletion, or gone; so Lease never iterates over deleted
+// keys.
 type classState struct {
 	cursor   uint64
 	released []ref // sorted by seq; handed out before the cursor
+	// parked is sorted by seq (see Park); parkedTaken counts its entries
+	// marked taken.
+	parked      []parkedRef
+	parkedTaken int
 }
 
 func (cs *classState) insertReleased(r ref) {
@@ -312,19 +317,20 @@ func (q *Queue) unlease(seqs []uint64, forDelete bool) (refs []ref, missing []ui
 	return refs, missing
 }
 
-// Release puts leased records back at the front of the queue, in their
-// original place, to be leased again. Seqs not leased are reported with
-// ErrNotLeased (the others are still released).
+// Release puts leased (or parked) records back at the front of the queue,
+// in their original place, to be leased again. Seqs neither leased nor
+// parked are reported with ErrNotLeased (the others are still released).
 func (q *Queue) Release(seqs ...uint64) error {
 	q.mu.Lock()
 	var missing []uint64
 	for _, s := range seqs {
 		r, ok := q.leased[s]
-		if !ok {
+		if ok {
+			delete(q.leased, s)
+		} else if r, ok = q.takeParked(s); !ok {
 			missing = append(missing, s)
 			continue
 		}
-		delete(q.leased, s)
 		q.cls[r.class].insertReleased(r)
 	}
 	if len(missing) < len(seqs) {

@@ -27,6 +27,7 @@ type Stats struct {
 	// OldestAgeSeconds is OldestAge in seconds (for JSON).
 	OldestAgeSeconds float64 `json:"oldest_age_s"`
 	Leased           int     `json:"leased"` // records leased now
+	Parked           int     `json:"parked"` // records parked now (see Park)
 	NextSeq          uint64  `json:"next_seq"`
 
 	Appends     uint64 `json:"appends"`      // records ever appended
@@ -53,7 +54,7 @@ func (q *Queue) Stats() Stats {
 	m := q.pub
 	s := Stats{
 		Depth: m.depth(), Bytes: m.bytes(), MaxBytes: q.opt.MaxBytes,
-		Leased: len(q.leased), NextSeq: m.NextSeq,
+		Leased: len(q.leased), Parked: q.parkedLocked(), NextSeq: m.NextSeq,
 		Appends: m.Appends, Acks: m.Acks, Dropped: m.Dropped, Expired: m.Expired,
 		Dead: m.Dead, DeadDepth: m.DeadDepth, DeadDropped: m.DeadDropped,
 		Gap: m.Gap, GapOut: m.GapOut, Quarantined: q.quarantined, Damaged: q.damaged,
@@ -142,6 +143,7 @@ var (
 	descMax     = prometheus.NewDesc("outpost_store_max_bytes", "Configured byte budget (0 = unlimited).", nil, nil)
 	descOldest  = prometheus.NewDesc("outpost_store_oldest_age_seconds", "Age of the oldest outbox record.", nil, nil)
 	descLeased  = prometheus.NewDesc("outpost_store_leased", "Records leased to the forwarder.", nil, nil)
+	descParked  = prometheus.NewDesc("outpost_store_parked", "Records parked by the forwarder (their device's connection is down).", nil, nil)
 	descAppends = prometheus.NewDesc("outpost_store_appends_total", "Records appended.", nil, nil)
 	descAcks    = prometheus.NewDesc("outpost_store_acks_total", "Records acked upstream and deleted.", nil, nil)
 	descDropped = prometheus.NewDesc("outpost_store_dropped_total", "Records evicted under drop-oldest.", nil, nil)
@@ -153,7 +155,7 @@ var (
 type statsCollector struct{ q *Queue }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBytes, descMax, descOldest, descLeased,
+	for _, d := range []*prometheus.Desc{descDepth, descBytes, descMax, descOldest, descLeased, descParked,
 		descAppends, descAcks, descDropped, descExpired, descDead, descDeadN} {
 		ch <- d
 	}
@@ -172,6 +174,7 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	g(descMax, prometheus.GaugeValue, float64(s.MaxBytes))
 	g(descOldest, prometheus.GaugeValue, s.OldestAge.Seconds())
 	g(descLeased, prometheus.GaugeValue, float64(s.Leased))
+	g(descParked, prometheus.GaugeValue, float64(s.Parked))
 	g(descAppends, prometheus.CounterValue, float64(s.Appends))
 	g(descAcks, prometheus.CounterValue, float64(s.Acks))
 	g(descDropped, prometheus.CounterValue, float64(s.Dropped))

@@ -422,7 +422,8 @@ func (m *meta) uncount(r ref) {
 }
 
 // putMeta writes q.m with fresh per-class heads: the lowest seq that may
-// still be live (leased, released, awaiting deletion, or at the cursor).
+// still be live (leased, released, parked, awaiting deletion, or at the
+// cursor).
 func (q *Queue) putMeta(b *batch) error {
 	q.mu.Lock()
 	var heads [msg.NumPriorities]uint64
@@ -430,6 +431,9 @@ func (q *Queue) putMeta(b *batch) error {
 		heads[c] = q.cls[c].cursor
 		if rs := q.cls[c].released; len(rs) > 0 {
 			heads[c] = min(heads[c], rs[0].seq)
+		}
+		if r, ok := q.cls[c].oldestParked(); ok {
+			heads[c] = min(heads[c], r.seq)
 		}
 	}
 	for seq, l := range q.leased {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -243,6 +244,7 @@ func (l *listener) Close(listeners.CloseFn) {
 	if srv == nil {
 		return
 	}
+	var v5 []*mqtt.Client
 	for _, cl := range srv.Clients.GetAll() {
 		if cl.Net.Listener != l.id || cl.Closed() {
 			continue
@@ -251,9 +253,14 @@ func (l *listener) Close(listeners.CloseFn) {
 			cl.Stop(packets.ErrServerShuttingDown)
 			continue
 		}
+		// All deadlines first: stalled clients then cost one
+		// shutdownWriteTimeout together, not one each.
 		if c, ok := cl.Net.Conn.(*hubConn); ok {
 			c.shutdown()
 		}
+		v5 = append(v5, cl)
+	}
+	for _, cl := range v5 {
 		_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 	}
 }

@@ -22,7 +22,7 @@ func (k *hook) ID() string { return "hubtest" }
 func (k *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnPublish,
+		mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish,
 	}, []byte{b})
 }
 
@@ -45,6 +45,12 @@ func (k *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 
 func (k *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.note(Event{Device: cl.ID, Kind: Connect, Detail: fmt.Sprintf("clean=%v keepalive=%d", pk.Connect.Clean, pk.Connect.Keepalive)})
+	k.h.resendC2D(cl.ID) // a resumed session is subscribed already
+}
+
+// OnSubscribed sends the device's queued C2D to a new subscription.
+func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	k.h.resendC2D(cl.ID)
 }
 
 func (k *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
@@ -93,10 +99,10 @@ func (k *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			}
 		}
 	case packets.Puback:
-		k.h.mu.Lock()
-		k.h.completed[cl.ID]++
-		k.h.signalLocked()
-		k.h.mu.Unlock()
+		// Still in mochi's in-flight map: the PUBACK is read first.
+		if out, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+			k.h.completeC2D(cl.ID, out.TopicName)
+		}
 	case packets.Pubrec, packets.Pubrel, packets.Pubcomp:
 		bad = fmt.Errorf("QoS 2 flow packet %s", packets.PacketNames[pk.FixedHeader.Type])
 	}

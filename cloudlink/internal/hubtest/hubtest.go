@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,7 +101,18 @@ type Hub struct {
 	d2c       []D2C
 	events    []Event
 	expiry    map[*mqtt.Client]*time.Timer
-	completed map[string]int // device → C2D PUBACKs received
+	completed map[string]int // device → C2D messages completed (PUBACKed), by $.mid
+	// c2dQueue is each device's C2D messages not yet completed, as IoT Hub
+	// keeps them (its device queue): sent again on every new connection
+	// until PUBACKed, so none is lost to a connection that ends meanwhile.
+	c2dQueue map[string][]c2dMsg
+	done     map[string]bool // device + "/" + $.mid completed
+	nextMid  int
+}
+
+type c2dMsg struct {
+	mid, topic string
+	payload    []byte
 }
 
 // Start listens on 127.0.0.1 on an ephemeral port.
@@ -111,7 +123,8 @@ func Start(opt Options) (*Hub, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	h := &Hub{opt: opt, changed: make(chan struct{}), expiry: map[*mqtt.Client]*time.Timer{}, completed: map[string]int{}}
+	h := &Hub{opt: opt, changed: make(chan struct{}), expiry: map[*mqtt.Client]*time.Timer{}, completed: map[string]int{},
+		c2dQueue: map[string][]c2dMsg{}, done: map[string]bool{}}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1
 	caps.RetainAvailable = 0
@@ -258,7 +271,8 @@ func (h *Hub) Count(kind, device string) int {
 	return n
 }
 
-// Completed is how many C2D messages device has PUBACKed.
+// Completed is how many C2D messages device has completed (PUBACKed; a
+// message sent again and PUBACKed again counts once).
 func (h *Hub) Completed(device string) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -304,14 +318,54 @@ func (h *Hub) deviceKey(id string) (string, bool) {
 	return k, ok
 }
 
-// SendC2D sends a cloud-to-device message to device (QoS 1). It is
-// delivered if the device is subscribed (or, with a persistent session,
-// when it is back).
+// SendC2D queues a cloud-to-device message for device and sends it (QoS
+// 1). Like IoT Hub, the hub keeps it until the device PUBACKs it and sends
+// it again on each new connection of the device; a message without $.mid
+// gets one.
 func (h *Hub) SendC2D(device string, props msg.Props, payload []byte) error {
 	if _, ok := h.deviceKey(device); !ok {
 		return fmt.Errorf("hubtest: no device %q", device)
 	}
-	return h.srv.Publish(msg.DeviceboundTopic(device, props), payload, false, 1)
+	h.mu.Lock()
+	mid, ok := props.Get(msg.PropMessageID)
+	if !ok {
+		h.nextMid++
+		mid = fmt.Sprintf("hub-%d", h.nextMid)
+		props = append(msg.Props{{Key: msg.PropMessageID, Value: mid}}, props...)
+	}
+	m := c2dMsg{mid: mid, topic: msg.DeviceboundTopic(device, props), payload: payload}
+	h.c2dQueue[device] = append(h.c2dQueue[device], m)
+	h.mu.Unlock()
+	return h.srv.Publish(m.topic, m.payload, false, 1)
+}
+
+// resendC2D sends device's uncompleted C2D messages again (a new
+// connection, or a new subscription).
+func (h *Hub) resendC2D(device string) {
+	h.mu.Lock()
+	q := append([]c2dMsg(nil), h.c2dQueue[device]...)
+	h.mu.Unlock()
+	for _, m := range q {
+		_ = h.srv.Publish(m.topic, m.payload, false, 1)
+	}
+}
+
+// completeC2D marks the C2D message on topic completed by device.
+func (h *Hub) completeC2D(device, topic string) {
+	_, ps, err := msg.ParseDeviceboundTopic(topic)
+	if err != nil {
+		return
+	}
+	mid, _ := ps.Get(msg.PropMessageID)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done[device+"/"+mid] {
+		return
+	}
+	h.done[device+"/"+mid] = true
+	h.completed[device]++
+	h.c2dQueue[device] = slices.DeleteFunc(h.c2dQueue[device], func(m c2dMsg) bool { return m.mid == mid })
+	h.signalLocked()
 }
 
 func (h *Hub) note(e Event) {
