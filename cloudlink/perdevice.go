@@ -3,6 +3,7 @@ package cloudlink
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 // Link is an upstream link the gateway runs: a Session, or a Fleet when
@@ -263,7 +265,9 @@ func (f *Fleet) releaseAll() {
 	// Release takes parked records as well as leased ones.
 	if len(seqs) > 0 {
 		slices.Sort(seqs)
-		if err := f.q.Release(seqs...); err != nil {
+		// Parked records evicted or expired meanwhile are not there to
+		// release (ErrNotLeased); the others are released all the same.
+		if err := f.q.Release(seqs...); err != nil && !errors.Is(err, store.ErrNotLeased) {
 			f.log.Error("cannot release records; they go again after a restart", "error", err)
 		}
 	}
@@ -367,11 +371,18 @@ func (dq *devQueue) push(r *msg.Record) error {
 	f.mu.Lock()
 	dq.parked = append(dq.parked, r.Seq)
 	f.mu.Unlock()
+	select { // a waiting Lease refills
+	case dq.avail <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
 // refill moves parked records back into the buffer once it is half empty:
-// leased back from the store by seq, so nothing else is read again.
+// leased back from the store by seq, so nothing else is read again. Parked
+// records evicted or expired meanwhile are gone; it goes on through the
+// parked list until the buffer has some or the list is empty, so a run of
+// gone records can never strand the rest.
 func (dq *devQueue) refill() error {
 	f := dq.f
 	f.mu.Lock()
@@ -382,25 +393,30 @@ func (dq *devQueue) refill() error {
 	}
 	dq.pmu.Lock()
 	defer dq.pmu.Unlock()
-	f.mu.Lock()
-	n := min(len(dq.parked), devBuffer-len(dq.buf))
-	seqs := slices.Clone(dq.parked[:n])
-	f.mu.Unlock()
-	recs, err := f.q.LeaseParked(seqs...)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err != nil {
-		return err
+	for {
+		f.mu.Lock()
+		if len(dq.parked) == 0 || len(dq.buf) > devBuffer/2 {
+			f.mu.Unlock()
+			return nil
+		}
+		n := min(len(dq.parked), devBuffer-len(dq.buf))
+		seqs := slices.Clone(dq.parked[:n])
+		f.mu.Unlock()
+		recs, err := f.q.LeaseParked(seqs...)
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		dq.parked = dq.parked[n:]
+		if len(dq.parked) == 0 {
+			dq.parked = nil
+		}
+		for _, r := range recs {
+			dq.buf = append(dq.buf, ent{r, dq.next})
+			dq.next++
+		}
+		f.mu.Unlock()
 	}
-	dq.parked = dq.parked[n:]
-	if len(dq.parked) == 0 {
-		dq.parked = nil
-	}
-	for _, r := range recs { // evicted or expired ones are gone
-		dq.buf = append(dq.buf, ent{r, dq.next})
-		dq.next++
-	}
-	return nil
 }
 
 func (dq *devQueue) takeAll() []uint64 {

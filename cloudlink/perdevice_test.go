@@ -3,6 +3,7 @@ package cloudlink
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/outpost-iot/outpost/cloudlink/internal/hubtest"
 	"github.com/outpost-iot/outpost/cloudlink/internal/tcpproxy"
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 const (
@@ -417,5 +419,75 @@ func TestDevQueueReleaseOrder(t *testing.T) {
 	}
 	if !slices.Equal(seqs, []uint64{1, 2, 3, 4, 5}) {
 		t.Fatalf("after releases: %v, want 1..5", seqs)
+	}
+}
+
+// After a long outage the oldest of a leaf's parked records are evicted
+// (drop-oldest) in one run longer than a refill: the leaf must still get
+// the rest, and its new records, without a restart.
+func TestFleetParkedEvicted(t *testing.T) {
+	mk := func(dev string, i int, p msg.Priority) *msg.Record {
+		return &msg.Record{ID: fmt.Sprintf("%s-%05d", dev, i), Device: dev, Priority: p, Payload: []byte("0123456789")}
+	}
+	size := int64(mk("leaf-1", 0, msg.Low).Size())
+	q, err := store.Open(filepath.Join(t.TempDir(), "data"), store.Options{MaxBytes: 3000*size + size/2, WhenFull: store.DropOldest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i := range 3000 {
+		appendRecs(t, q, mk("leaf-1", i, msg.Low))
+	}
+	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	routed := make(chan error, 1)
+	go func() { routed <- f.route(ctx) }() // the test plays the sessions
+	defer func() { cancel(); <-routed }()
+	dq1, _ := f.session("leaf-1")
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for d := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(d) {
+				t.Fatalf("timed out waiting for %s: %+v", what, q.Stats())
+			}
+		}
+	}
+	wait("leaf-1 parked", func() bool { return q.Stats().Parked == 3000-devBuffer })
+	for i := range 2500 { // leaf-2's High records evict leaf-1's oldest parked ones
+		appendRecs(t, q, mk("leaf-2", i, msg.High))
+	}
+	wait("leaf-2 routed", func() bool { s := q.Stats(); return s.Appends == 5500 && s.Leased+s.Parked == 3000 })
+	appendRecs(t, q, mk("leaf-1", 5000, msg.Low))
+	var got []string
+	for {
+		lctx, lcancel := context.WithTimeout(ctx, 3*time.Second)
+		recs, err := dq1.Lease(lctx, 64)
+		lcancel()
+		if err != nil {
+			break
+		}
+		for _, r := range recs {
+			got = append(got, r.ID)
+			if err := dq1.Ack(r.Seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got[len(got)-1] == "leaf-1-05000" {
+			break
+		}
+	}
+	if len(got) == 0 || got[len(got)-1] != "leaf-1-05000" || !slices.IsSorted(got) {
+		t.Fatalf("leaf-1 got %d records, last %v; want every survivor in order, ending with its new one", len(got), got[max(len(got)-1, 0):])
+	}
+	st := q.Stats()
+	t.Logf("leaf-1 got %d records; %d evicted", len(got), st.Dropped)
+	if int(st.Dropped)+len(got) != 3001 {
+		t.Errorf("%d delivered + %d evicted != 3001", len(got), st.Dropped)
 	}
 }

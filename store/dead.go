@@ -92,7 +92,7 @@ func (q *Queue) trimDead(b *batch) error {
 // 0: all). Pass the last Seq returned to page on.
 func (q *Queue) Dead(after uint64, max int) ([]DeadLetter, error) {
 	var out []DeadLetter
-	err := q.db.View(func(txn *badger.Txn) error {
+	err := q.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pDead}})
 		defer it.Close()
 		for it.Seek(deadKey(after + 1)); it.Valid() && (max <= 0 || len(out) < max); it.Next() {
@@ -127,7 +127,7 @@ func (q *Queue) Peek(max int) ([]*msg.Record, error) {
 	}
 	q.mu.Unlock()
 	var out []*msg.Record
-	err := q.db.View(func(txn *badger.Txn) error {
+	err := q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && len(out) < max; c++ {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
 			for it.Seek(outboxKey(c, from[c])); it.Valid() && len(out) < max; it.Next() {

@@ -97,6 +97,9 @@ func (q *Queue) evictScan(b *batch, c msg.Priority, need int64, fits func() bool
 		if _, ok := q.pendingDel[seq]; ok {
 			continue
 		}
+		if q.cls[c].isParked(seq) { // taken from the parked list, if at all
+			continue
+		}
 		var size int
 		err := it.Item().Value(func(v []byte) error {
 			var err error
@@ -122,7 +125,7 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 	limit := int(q.db.MaxBatchCount() / 4)
 	var drops []ref
 	q.mu.Lock()
-	_ = q.db.View(func(txn *badger.Txn) error {
+	_ = q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities; c++ {
 			cs := &q.cls[c]
 			for len(cs.released) > 0 && len(drops) < limit {
@@ -152,7 +155,7 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 					drops = append(drops, r)
 				}
 			}
-			if _, ok := cs.oldestParked(); ok || len(cs.released) > 0 {
+			if r, ok := cs.oldestParked(); (ok && r.seq < cs.cursor) || len(cs.released) > 0 {
 				continue // a live released or parked record is older than anything at the cursor
 			}
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
@@ -162,6 +165,9 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 					continue
 				}
 				if _, ok := q.pendingDel[seq]; ok {
+					continue
+				}
+				if cs.isParked(seq) { // the parked list's own sweep handles it
 					continue
 				}
 				var size int

@@ -149,7 +149,7 @@ func (q *Queue) PutCommand(ctx context.Context, c *Command) (dup bool, err error
 // Command returns the command with id, or ErrNoCommand.
 func (q *Queue) Command(id string) (Command, error) {
 	var c Command
-	err := q.db.View(func(txn *badger.Txn) error {
+	err := q.view(func(txn *badger.Txn) error {
 		var err error
 		c, err = getCommand(txn, id)
 		return err
@@ -181,7 +181,7 @@ func (q *Queue) PendingCommands(device string, max int) ([]Command, error) {
 	if device != "" {
 		prefix = pendingPrefix(device)
 	}
-	err := q.db.View(func(txn *badger.Txn) error {
+	err := q.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -16,7 +16,8 @@ import (
 // classState is the in-memory lease state of one priority class, guarded by
 // q.mu. Every record of the class with seq < cursor is leased, released,
 // parked, awaiting deletion, or gone; so Lease never iterates over deleted
-// keys.
+// keys. (Records at or past the cursor may be leased or parked too: LeaseFrom
+// leases ahead of it; the scans skip those.)
 type classState struct {
 	cursor   uint64
 	released []ref // sorted by seq; handed out before the cursor
@@ -186,7 +187,7 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 		q.leased[r.seq] = r
 		out = append(out, rec)
 	}
-	err = q.db.View(func(txn *badger.Txn) error {
+	err = q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && more(); c++ {
 			cs := &q.cls[c]
 			cursor := &cs.cursor
@@ -227,6 +228,10 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 					continue
 				}
 				if _, ok := q.pendingDel[seq]; ok {
+					*cursor = seq + 1
+					continue
+				}
+				if cs.isParked(seq) { // parked ahead of the cursor (it was leased by LeaseFrom)
 					*cursor = seq + 1
 					continue
 				}

@@ -59,12 +59,14 @@ func (q *Queue) LeaseParked(seqs ...uint64) ([]*msg.Record, error) {
 		return nil, ErrReadOnly
 	}
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.closed.Load() {
+		q.mu.Unlock()
 		return nil, ErrClosed
 	}
+	now := q.opt.Now()
 	out := make([]*msg.Record, 0, len(seqs))
-	err := q.db.View(func(txn *badger.Txn) error {
+	var drops []ref
+	err := q.view(func(txn *badger.Txn) error {
 		for _, s := range seqs {
 			r, ok := q.takeParked(s)
 			if !ok {
@@ -82,11 +84,20 @@ func (q *Queue) LeaseParked(seqs ...uint64) ([]*msg.Record, error) {
 				q.cls[r.class].insertParked(r) // still parked
 				return err
 			}
+			if q.opt.TTL > 0 && now.Sub(rec.Enqueued) > q.opt.TTL {
+				q.pendingDel[r.seq] = r.class // expired: never leased
+				drops = append(drops, r)
+				continue
+			}
 			q.leased[r.seq] = r
 			out = append(out, rec)
 		}
 		return nil
 	})
+	q.mu.Unlock()
+	if len(drops) > 0 {
+		q.enqueue(&op{kind: opDrop, refs: drops, n: int64(len(drops)), est: int64(len(drops)) * 26})
+	}
 	if err != nil {
 		return out, fmt.Errorf("store: lease parked: %w", err)
 	}
@@ -121,6 +132,15 @@ func (q *Queue) parkedLocked() int {
 		n += len(q.cls[c].parked) - q.cls[c].parkedTaken
 	}
 	return n
+}
+
+// isParked reports whether seq is parked (and not taken).
+func (cs *classState) isParked(seq uint64) bool {
+	if len(cs.parked) == 0 {
+		return false
+	}
+	i, ok := cs.findParked(seq)
+	return ok && !cs.parked[i].taken
 }
 
 func (cs *classState) findParked(seq uint64) (int, bool) {

@@ -172,3 +172,96 @@ func TestParkedEvictedExpiredAndKept(t *testing.T) {
 		}
 	})
 }
+
+// A record leased by LeaseFrom (ahead of the backlog's cursor) and parked
+// is neither leased again by Lease nor evicted twice.
+func TestParkAheadOfCursor(t *testing.T) {
+	q := openPark(t, t.TempDir(), store.Options{MaxBytes: 40, WhenFull: store.DropOldest})
+	mark := q.NextSeq()
+	appendDevs(t, q, 4, "a") // 4 records of 5 budget bytes
+	live, err := q.LeaseFrom(context.Background(), mark, 10)
+	if err != nil || len(live) != 4 {
+		t.Fatalf("LeaseFrom: %d, %v", len(live), err)
+	}
+	if err := q.Park(live[2].Seq, live[3].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(leaseAvail(t, q, 10)); len(got) != 0 {
+		t.Fatalf("Lease handed out %v: parked (or leased) records", got)
+	}
+	// 30 more bytes: the two parked ones (the only ones not leased) go.
+	if err := q.Append(context.Background(), &msg.Record{ID: "big", Device: "b", Priority: msg.Normal, Payload: make([]byte, 26)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats(); st.Depth != 3 || st.Dropped != 2 || st.Parked != 0 {
+		t.Fatalf("Depth %d (want 3), Dropped %d (want 2), Parked %d (want 0)", st.Depth, st.Dropped, st.Parked)
+	}
+}
+
+// LeaseParked never hands out an expired record: it is dropped instead.
+func TestLeaseParkedExpired(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC).UnixNano())
+	q := openPark(t, t.TempDir(), store.Options{TTL: time.Hour, Now: func() time.Time { return time.Unix(0, now.Load()) }, SweepInterval: time.Hour})
+	appendDevs(t, q, 2, "a")
+	recs := leaseAvail(t, q, 2)
+	if err := q.Park(recs[0].Seq, recs[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(int64(2 * time.Hour))
+	got, err := q.LeaseParked(recs[0].Seq, recs[1].Seq)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("LeaseParked gave %v (%v): expired records", ids(got), err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for st := q.Stats(); st.Expired != 2 || st.Depth != 0; st = q.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("expired parked records not dropped: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Close may race with readers (a scrape of /metrics, a leaser): they get
+// ErrClosed or a result, never Badger's "DB Closed" panic.
+func TestCloseRacesReaders(t *testing.T) {
+	for range 20 {
+		q, err := store.Open(t.TempDir(), store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendDevs(t, q, 10, "a")
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		for g := range 3 {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					switch g {
+					case 0:
+						q.Stats()
+					case 1:
+						ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+						if recs, err := q.Lease(ctx, 2); err == nil {
+							_ = q.Release(recs[0].Seq)
+						}
+						cancel()
+					case 2:
+						_, _ = q.Dead(0, 5)
+					}
+				}
+			}()
+		}
+		time.Sleep(2 * time.Millisecond)
+		q.Close()
+		close(stop)
+		for range 3 {
+			<-done
+		}
+	}
+}

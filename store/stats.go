@@ -65,7 +65,7 @@ func (q *Queue) Stats() Stats {
 		from[c] = m.Classes[c].Head
 	}
 	q.mu.Unlock()
-	_ = q.db.View(func(txn *badger.Txn) error {
+	_ = q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities; c++ {
 			if s.Classes[c].Depth == 0 {
 				continue

@@ -28,6 +28,8 @@ type Queue struct {
 	quarantined string
 	snapshot    string // OpenReadOnly's recovered copy, removed by Close
 
+	dbmu sync.RWMutex // read-held in view, write-held by Close around db.Close
+
 	// writer side (see writer.go)
 	wmu        sync.Mutex
 	ops        []*op
@@ -286,7 +288,9 @@ func (q *Queue) Close() error {
 		close(q.closing)
 		q.wmu.Unlock()
 		q.bg.Wait()
+		q.dbmu.Lock() // no reader is in a Badger transaction from here on
 		q.closeErr = q.db.Close()
+		q.dbmu.Unlock()
 		if q.closeErr == nil && !q.readOnly {
 			q.closeErr = writeClean(q.dir, q.m)
 		}
@@ -295,6 +299,19 @@ func (q *Queue) Close() error {
 		}
 	})
 	return q.closeErr
+}
+
+// view runs fn in a read transaction, or returns ErrClosed once Close has
+// begun. Badger panics when an iterator is made on a closed DB, and the
+// public calls (Lease, Stats, Dead, ...) may race with Close: Close takes
+// dbmu for writing before it closes the DB.
+func (q *Queue) view(fn func(txn *badger.Txn) error) error {
+	q.dbmu.RLock()
+	defer q.dbmu.RUnlock()
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	return q.db.View(fn)
 }
 
 // gcLoop runs value-log GC and the inbox retention sweep every GCInterval.
