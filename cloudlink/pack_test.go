@@ -127,7 +127,7 @@ func TestPackWaitsForCompanions(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	q := newMemQueue()
 	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-pack2",
-		Pack: PackOptions{MaxBytes: 4096, MaxDelay: 300 * time.Millisecond}, Logger: testLogger(t)}, q)
+		Pack: PackOptions{MaxBytes: 4096, MaxDelay: time.Second}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestPackWaitsForCompanions(t *testing.T) {
 		seq := q.Append("meter-1", []byte(body))
 		want["meter-1"] = append(want["meter-1"], seq)
 		payloads[seq] = body
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // well within max_delay, even on a loaded machine
 	}
 	col.waitUnique(3, 10*time.Second)
 	got, _ := col.snapshot()
