@@ -333,16 +333,7 @@ func TestFleetUnparkCost(t *testing.T) {
 		appendRecs(t, q, b...)
 	}
 	cq := &countQueue{parkingQueue: q}
-	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
-		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, cq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	routed := make(chan error, 1)
-	go func() { routed <- f.route(ctx) }() // the sessions are not started
+	f, ctx := routeOnly(t, cq)
 	dq1, _ := f.session("leaf-1")
 	dq2, _ := f.session("leaf-2")
 	waitFor := func(what string, cond func() bool) {
@@ -392,10 +383,6 @@ func TestFleetUnparkCost(t *testing.T) {
 	if n := cq.back.Load(); n != P-devBuffer {
 		t.Errorf("%d parked records read back, want %d", n, P-devBuffer)
 	}
-	cancel()
-	if err := <-routed; err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Records a session gives back go to their place in the device's order,
@@ -434,21 +421,11 @@ func TestFleetParkedEvicted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.Close()
+	t.Cleanup(func() { q.Close() }) // after the router stops (routeOnly)
 	for i := range 3000 {
 		appendRecs(t, q, mk("leaf-1", i, msg.Low))
 	}
-	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
-		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	routed := make(chan error, 1)
-	go func() { routed <- f.route(ctx) }() // the test plays the sessions
-	defer func() { cancel(); <-routed }()
+	f, ctx := routeOnly(t, q)
 	dq1, _ := f.session("leaf-1")
 	wait := func(what string, cond func() bool) {
 		t.Helper()
@@ -490,4 +467,27 @@ func TestFleetParkedEvicted(t *testing.T) {
 	if int(st.Dropped)+len(got) != 3001 {
 		t.Errorf("%d delivered + %d evicted != 3001", len(got), st.Dropped)
 	}
+}
+
+// routeOnly runs a fleet of leaf-1 and leaf-2 over q with its router only:
+// the test plays the leaves' sessions. The router stops, and must have
+// stopped cleanly, when the test ends.
+func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
+	t.Helper()
+	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	routed := make(chan error, 1)
+	go func() { routed <- f.route(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-routed; err != nil {
+			t.Errorf("router: %v", err)
+		}
+	})
+	return f, ctx
 }

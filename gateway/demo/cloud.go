@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -14,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -120,24 +120,8 @@ func (c *cloud) down() {
 	c.srv = nil
 	c.mu.Unlock()
 	if srv != nil {
-		stopClients(srv, 5*time.Second)
+		hub.StopClients(srv, 5*time.Second)
 		_ = srv.Close()
-	}
-}
-
-// stopClients ends every client's connection and waits (up to d) for their
-// goroutines to finish, before mochi's Close lists the clients: its
-// Clients.GetByListener read-locks the client map twice and deadlocks
-// against a client removing itself at that moment (mochi v2.7.9).
-func stopClients(srv *mqtt.Server, d time.Duration) {
-	for _, cl := range srv.Clients.GetAll() {
-		if !cl.Net.Inline {
-			cl.Stop(packets.ErrServerShuttingDown)
-		}
-	}
-	deadline := time.Now().Add(d)
-	for atomic.LoadInt64(&srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -287,3 +287,22 @@ func (h *Hub) tlsConfig() (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// StopClients ends every client's connection of a mochi server and waits
+// (up to d) for their goroutines to finish. Call it before the server's
+// Close when the server uses mochi's own listeners: mochi's Close lists
+// the clients with Clients.GetByListener, which read-locks the client map
+// twice and deadlocks against a client removing itself at that moment
+// (mochi v2.7.9; the hub's own listener avoids that call). The stand-in
+// clouds of the tests and the demo use it.
+func StopClients(srv *mqtt.Server, d time.Duration) {
+	for _, cl := range srv.Clients.GetAll() {
+		if !cl.Net.Inline {
+			cl.Stop(packets.ErrServerShuttingDown)
+		}
+	}
+	deadline := time.Now().Add(d)
+	for atomic.LoadInt64(&srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}

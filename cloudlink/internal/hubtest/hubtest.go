@@ -39,13 +39,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -168,24 +168,8 @@ func (h *Hub) Close() error {
 	// is read by NewClient): stop accepting and let the connections already
 	// accepted get that far first.
 	h.gate.close(5 * time.Second)
-	stopClients(h.srv, 5*time.Second)
+	hub.StopClients(h.srv, 5*time.Second)
 	return h.srv.Close()
-}
-
-// stopClients ends every client's connection and waits (up to d) for their
-// goroutines to finish, before mochi's Close lists the clients: its
-// Clients.GetByListener read-locks the client map twice and deadlocks
-// against a client removing itself at that moment (mochi v2.7.9).
-func stopClients(srv *mqtt.Server, d time.Duration) {
-	for _, cl := range srv.Clients.GetAll() {
-		if !cl.Net.Inline {
-			cl.Stop(packets.ErrServerShuttingDown)
-		}
-	}
-	deadline := time.Now().Add(d)
-	for atomic.LoadInt64(&srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // gateListener tracks accepted connections until mochi has started on them
