@@ -273,19 +273,19 @@ func (f *Fleet) releaseAll() {
 	}
 }
 
-// Status sums the sessions' figures; Connected is true only when every
-// connection is up, and Devices has each identity's own state.
+// Status sums the sessions' counters. Connected, Since and LastError are
+// the gateway's own connection (a leaf refused by IoT Hub is not the link
+// being down: adapters' link-loss failsafes must not trip for it); Devices
+// has each identity's own state.
 func (f *Fleet) Status() Status {
 	f.mu.Lock()
 	ss := maps.Clone(f.sessions)
 	f.mu.Unlock()
-	st := Status{Protocol: ProtocolAzure, Connected: true, Devices: map[string]DeviceStatus{}}
-	var lastErrAt time.Time
+	st := Status{Protocol: ProtocolAzure, Devices: map[string]DeviceStatus{}}
 	for id, s := range ss {
 		d := s.Status()
-		st.Connected = st.Connected && d.Connected
-		if st.Since.IsZero() || d.Since.After(st.Since) {
-			st.Since = d.Since
+		if id == "" { // the link's own state is the gateway's connection
+			st.Connected, st.Since, st.LastError = d.Connected, d.Since, d.LastError
 		}
 		st.Outages += d.Outages
 		st.Forwarded += d.Forwarded
@@ -295,9 +295,6 @@ func (f *Fleet) Status() Status {
 		st.Held += d.Held
 		st.C2D += d.C2D
 		st.C2DDuplicates += d.C2DDuplicates
-		if d.LastError != "" && !d.Connected && d.Since.After(lastErrAt) {
-			st.LastError, lastErrAt = d.LastError, d.Since
-		}
 		name := id
 		if name == "" {
 			name = f.opt.Azure.DeviceID
