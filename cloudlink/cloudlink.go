@@ -82,6 +82,11 @@ type AzureOptions struct {
 	// reaches them before their first D2C. Others connect on their first
 	// record.
 	Leaves []string
+	// NotDevices are local clients that are not devices (observers,
+	// operators): without a key of their own, whatever they publish goes
+	// under the gateway's identity, even when a policy key could sign for
+	// them (IoT Hub does not know them).
+	NotDevices []string
 	// TokenTTL is the SAS token lifetime (default 1 h); the session reconnects
 	// with a fresh token RenewBefore (default 5 min, at most TTL/2) before expiry.
 	TokenTTL, RenewBefore time.Duration
@@ -282,7 +287,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if p := &o.Pack; p.MaxBytes != 0 {
 		if p.MaxBytes < minPackBytes || (o.MaxMessageBytes > 0 && p.MaxBytes > o.MaxMessageBytes) {
-			bad("pack max_bytes %d: want %d..%d", p.MaxBytes, minPackBytes, max(o.MaxMessageBytes, minPackBytes))
+			if o.MaxMessageBytes > 0 {
+				bad("pack max_bytes %d: want %d..%d (the upstream's message cap)", p.MaxBytes, minPackBytes, o.MaxMessageBytes)
+			} else {
+				bad("pack max_bytes %d: want at least %d", p.MaxBytes, minPackBytes)
+			}
 		}
 		if p.MaxDelay < 0 {
 			bad("pack max_delay %v: must be ≥ 0", p.MaxDelay)

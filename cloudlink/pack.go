@@ -118,10 +118,12 @@ func (k *packer) add(ctx context.Context, r *msg.Record, src *source) error {
 	return nil
 }
 
-// overhead is what the pack's property bag adds to the message beyond the
-// readings' own properties: $.mid, outpost-seq and outpost-pack.
+// overhead estimates the pack's property bag: the readings' own, plus
+// what the dialect adds ($.mid, outpost-seq, outpost-pack, $.ct, and for
+// Azure outpost-device and $.ce: about 130 bytes and the device id). flush
+// measures the real message.
 func (k *packer) overhead(p *pack, r *msg.Record) int {
-	return len(p.props) + len(r.Device) + 64
+	return len(p.props) + 2*len(r.Device) + 192
 }
 
 // flushBacklog publishes every open pack that holds a backlog slot. The
@@ -167,21 +169,40 @@ func (k *packer) tick(ctx context.Context) {
 	}
 }
 
-// flush publishes p (under k.mu): a pack of one as the record itself.
+// flush publishes p (under k.mu): a pack of one as the record itself. The
+// size check in add estimates the property bag; here the real message is
+// measured (topic, as encoded, and body) and, should it be over max_bytes,
+// the pack is split: no message over the cap ever goes out (IoT Hub would
+// drop the connection, and the same pack would form again after it).
 func (k *packer) flush(ctx context.Context, dev string, p *pack) error {
 	delete(k.open, dev)
-	if len(p.recs) == 1 {
-		return k.f.publishOne(ctx, p.recs[0], p.srcs[0])
-	}
-	seqs := make([]uint64, len(p.recs))
-	for i, r := range p.recs {
-		seqs[i] = r.Seq
-	}
-	pb := &pub{seqs: seqs, srcs: p.srcs}
+	bslots := 0
 	if p.bslot {
-		pb.bslots = 1
+		bslots = 1 // the pack's one backlog slot goes with its first message
 	}
-	return k.f.publishRec(ctx, packRecord(p.recs), pb)
+	recs, srcs := p.recs, p.srcs
+	for len(recs) > 0 {
+		n, rec := len(recs), recs[0]
+		for ; n > 1; n-- {
+			rec = packRecord(recs[:n])
+			if len(k.f.s.d.topic(rec))+len(rec.Payload) <= k.max {
+				break
+			}
+		}
+		if n == 1 {
+			rec = recs[0]
+		}
+		seqs := make([]uint64, n)
+		for i, r := range recs[:n] {
+			seqs[i] = r.Seq
+		}
+		if err := k.f.publishRec(ctx, rec, &pub{seqs: seqs, srcs: srcs[:n], bslots: bslots}); err != nil {
+			return err
+		}
+		bslots = 0
+		recs, srcs = recs[n:], srcs[n:]
+	}
+	return nil
 }
 
 // packRecord builds the message for recs (two or more, one device, equal

@@ -1,11 +1,15 @@
 package cloudlink
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/outpost-iot/outpost/cloudlink/internal/hubtest"
 	"github.com/outpost-iot/outpost/gateway/msg"
@@ -245,4 +249,80 @@ func TestPackBacklogManyDevices(t *testing.T) {
 	waitDrained(t, q, 15*time.Second)
 	col.waitUnique(400, 10*time.Second)
 	col.verify(want, payloads, false)
+}
+
+// recordingClient is a paho client whose Publish records the message and
+// completes at once: the test sees exactly what the forwarder sends.
+type recordingClient struct {
+	paho.Client
+	mu   sync.Mutex
+	sent []string // topic + "\x00" + payload
+}
+
+type doneToken struct{ paho.Token }
+
+func (doneToken) Wait() bool                     { return true }
+func (doneToken) WaitTimeout(time.Duration) bool { return true }
+func (doneToken) Done() <-chan struct{}          { return closedChan }
+func (doneToken) Error() error                   { return nil }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (c *recordingClient) Publish(topic string, _ byte, _ bool, payload any) paho.Token {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sent = append(c.sent, topic+"\x00"+string(payload.([]byte)))
+	return doneToken{}
+}
+
+// No pack is ever over max_bytes, counting its topic as sent: Azure's bag
+// adds $.mid, outpost-seq (large after a long life), outpost-pack,
+// outpost-device (a long leaf id), $.ct and $.ce to the readings' own
+// properties. (A review found 4,145-byte packs at max_bytes 4096, and at
+// 256 KiB an oversize pack that IoT Hub refused after every reconnect.)
+func TestPackNeverOverMaxBytes(t *testing.T) {
+	for _, max := range []int{512, 4096, 256 << 10} {
+		s, err := New(Options{Protocol: ProtocolAzure, URL: "mqtts://h:8883", Logger: testLogger(t),
+			Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey},
+			Pack:  PackOptions{MaxBytes: max, MaxDelay: time.Hour}}, newMemQueue())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &recordingClient{}
+		f := newForwarder(s, c)
+		ctx := context.Background()
+		leaf := "leaf-" + strings.Repeat("d", 40)
+		n := 3 * max / 16 // readings of ~22 bytes: a few full packs
+		for i := range n {
+			r := &msg.Record{Seq: uint64(1e15 + i), ID: fmt.Sprintf("id-%d", i), Device: leaf,
+				Props:   msg.Props{{Key: "unit", Value: "deg C"}},
+				Payload: fmt.Appendf(nil, `{"i":%d,"t":21.5}`, i)}
+			if err := f.pk.add(ctx, r, srcLive); err != nil {
+				t.Fatal(err)
+			}
+			for len(f.pending) > 0 { // the upstream acknowledges at once
+				<-f.pending
+				<-f.slots
+			}
+		}
+		packs, readings := 0, 0
+		for _, m := range c.sent {
+			topic, body, _ := strings.Cut(m, "\x00")
+			if len(topic)+len(body) > max {
+				t.Errorf("max_bytes %d: a %d-byte message went out", max, len(topic)+len(body))
+			}
+			if strings.HasPrefix(body, "[") {
+				packs++
+				var elems []json.RawMessage
+				json.Unmarshal([]byte(body), &elems)
+				readings += len(elems)
+			} else {
+				readings++
+			}
+		}
+		if packs == 0 {
+			t.Errorf("max_bytes %d: nothing packed", max)
+		}
+		t.Logf("max_bytes %d: %d messages (%d packs) for the %d readings sent so far", max, len(c.sent), packs, readings)
+	}
 }

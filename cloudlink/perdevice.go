@@ -143,7 +143,7 @@ func (f *Fleet) identity(dev string) string {
 	if _, ok := f.opt.Azure.DeviceKeys[dev]; ok {
 		return dev
 	}
-	if f.opt.Azure.KeyName != "" && f.opt.Azure.SharedAccessKey != "" {
+	if f.opt.Azure.KeyName != "" && f.opt.Azure.SharedAccessKey != "" && !slices.Contains(f.opt.Azure.NotDevices, dev) {
 		return dev // the policy key signs for any device
 	}
 	return ""

@@ -491,3 +491,20 @@ func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
 	})
 	return f, ctx
 }
+
+// With a policy key every leaf connects as itself, but a local observer or
+// operator is no IoT Hub device: what it publishes goes under the
+// gateway's identity.
+func TestFleetIdentity(t *testing.T) {
+	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, KeyName: "devices", Identity: IdentityDevice,
+		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, NotDevices: []string{"dash"}}}, openStore(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dev, want := range map[string]string{"gw-01": "", "leaf-1": "leaf-1", "leaf-9": "leaf-9", "dash": ""} {
+		if got := f.identity(dev); got != want {
+			t.Errorf("identity(%q) = %q, want %q", dev, got, want)
+		}
+	}
+}

@@ -241,8 +241,10 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 				opt.Azure.Leaves = append(opt.Azure.Leaves, d.ID)
 			}
 			for _, c := range g.cfg.Hub.Clients {
-				if !c.ReadAll && !c.Operator || c.Azure != nil { // observers are not devices
+				if !c.ReadAll && !c.Operator || c.Azure != nil {
 					opt.Azure.Leaves = append(opt.Azure.Leaves, c.ID)
+				} else { // observers and operators are not devices
+					opt.Azure.NotDevices = append(opt.Azure.NotDevices, c.ID)
 				}
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,10 +131,13 @@ func TestLinkOptions(t *testing.T) {
 	os.WriteFile(leafKey, []byte("bGVhZg==\n"), 0o600)
 	cfg.Cloud.Identity = config.IdentityPerDevice
 	cfg.Devices = []config.Device{{ID: "meter-1", Azure: &config.DeviceAzure{SharedAccessKey: "bWV0ZXI="}}, {ID: "meter-2"}}
-	cfg.Hub.Clients = []config.Client{{ID: "leaf-1", Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}}
+	cfg.Hub.Clients = []config.Client{{ID: "leaf-1", Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}, {ID: "dash", ReadAll: true}}
 	opt, err = New(cfg, nil).linkOptions()
 	if err != nil || len(opt.Azure.DeviceKeys) != 2 || opt.Azure.DeviceKeys["meter-1"] != "bWV0ZXI=" || opt.Azure.DeviceKeys["leaf-1"] != "bGVhZg==" || opt.Azure.Identity != "per-device" {
 		t.Fatalf("per-device linkOptions = %+v, %v", opt.Azure, err)
+	}
+	if !slices.Equal(opt.Azure.Leaves, []string{"meter-1", "meter-2", "leaf-1"}) || !slices.Equal(opt.Azure.NotDevices, []string{"dash"}) {
+		t.Fatalf("leaves %v, not devices %v", opt.Azure.Leaves, opt.Azure.NotDevices)
 	}
 	if l, err := cloudlink.Open(opt, nil); err == nil {
 		t.Fatalf("Open with a nil queue: %T", l)
