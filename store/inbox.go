@@ -231,34 +231,49 @@ func (q *Queue) SetCommandState(ctx context.Context, id string, state CommandSta
 	if !state.valid() {
 		return fmt.Errorf("store: command %s: unknown state %q", id, state)
 	}
-	err := q.doSized(ctx, 256<<10, func(b *batch) error {
-		c, err := getCommand(b.txn, id)
-		if err != nil {
+	return q.doSized(ctx, 256<<10, func(b *batch) error {
+		c, done, err := openCommand(b, id, state)
+		if err != nil || done {
 			return err
 		}
-		if c.State.Final() {
-			if c.State == state {
-				return nil
-			}
-			return fmt.Errorf("store: command %s is %s: %w", id, c.State, ErrCommandFinal)
-		}
-		c.State, c.Detail, c.Updated = state, detail, b.now
-		v, err := json.Marshal(&c)
-		if err != nil {
-			return err
-		}
-		if err := b.set(cmdKey(id), v); err != nil {
-			return err
-		}
-		if state.Final() {
-			if err := b.del(pendingKey(c.Device, c.Seq)); err != nil {
-				return err
-			}
-			return b.set(finishedKey(c.Updated, id), nil)
-		}
-		return nil
+		return putState(b, id, c, state, detail)
 	})
-	return err
+}
+
+// openCommand reads command id for a move to state: done when it is in
+// that final state already (a repeat is no error), ErrCommandFinal when it
+// is in another final state.
+func openCommand(b *batch, id string, state CommandState) (c Command, done bool, err error) {
+	if c, err = getCommand(b.txn, id); err != nil {
+		return c, false, err
+	}
+	if c.State.Final() {
+		if c.State == state {
+			return c, true, nil
+		}
+		return c, false, fmt.Errorf("store: command %s is %s: %w", id, c.State, ErrCommandFinal)
+	}
+	return c, false, nil
+}
+
+// putState writes c in its new state; a final state moves it from the
+// pending index to the finished one.
+func putState(b *batch, id string, c Command, state CommandState, detail string) error {
+	c.State, c.Detail, c.Updated = state, detail, b.now
+	v, err := json.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	if err := b.set(cmdKey(id), v); err != nil {
+		return err
+	}
+	if !state.Final() {
+		return nil
+	}
+	if err := b.del(pendingKey(c.Device, c.Seq)); err != nil {
+		return err
+	}
+	return b.set(finishedKey(c.Updated, id), nil)
 }
 
 // sweepCommands deletes finished commands older than CommandRetention.
@@ -310,15 +325,9 @@ func (q *Queue) FinishCommand(ctx context.Context, id string, state CommandState
 	}
 	est := int64(result.Size()) + 2*int64(len(detail)) + 1024
 	return q.doSized(ctx, est, func(b *batch) error {
-		c, err := getCommand(b.txn, id)
-		if err != nil {
+		c, done, err := openCommand(b, id, state)
+		if err != nil || done {
 			return err
-		}
-		if c.State.Final() {
-			if c.State == state {
-				return nil
-			}
-			return fmt.Errorf("store: command %s is %s: %w", id, c.State, ErrCommandFinal)
 		}
 		if err := q.diskLow(); err != nil {
 			return err
@@ -330,17 +339,6 @@ func (q *Queue) FinishCommand(ctx context.Context, id string, state CommandState
 		if o.err != nil {
 			return o.err
 		}
-		c.State, c.Detail, c.Updated = state, detail, b.now
-		v, err := json.Marshal(&c)
-		if err != nil {
-			return err
-		}
-		if err := b.set(cmdKey(id), v); err != nil {
-			return err
-		}
-		if err := b.del(pendingKey(c.Device, c.Seq)); err != nil {
-			return err
-		}
-		return b.set(finishedKey(c.Updated, id), nil)
+		return putState(b, id, c, state, detail)
 	})
 }
