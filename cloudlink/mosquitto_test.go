@@ -36,7 +36,7 @@ func fill(q *memQueue, n int, devices ...string) (map[string][]uint64, map[uint6
 
 // runSession starts s.Run and returns a stop function that cancels it and
 // checks it returned nil.
-func runSession(t *testing.T, s *Session) (stop func()) {
+func runSession(t *testing.T, s Link) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -53,8 +53,8 @@ func runSession(t *testing.T, s *Session) (stop func()) {
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Run did not return 10s after cancel")
+		case <-time.After(15 * time.Second):
+			t.Errorf("Run did not return 15s after cancel")
 		}
 	}
 	t.Cleanup(stop)

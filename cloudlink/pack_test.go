@@ -229,8 +229,9 @@ func TestPackAzure(t *testing.T) {
 
 // A backlog spread over more devices than the backlog has in-flight slots
 // must not wait MaxDelay for each round of packs: the leaser sends the
-// packs that hold backlog slots before it waits for one. (Before, 400
-// records over 40 devices took 34 rounds of MaxDelay: over a minute.)
+// packs that hold backlog slots before it waits for one. (Before, the
+// review measured 19.1 s for 400 records over 40 devices at a 500 ms
+// MaxDelay: a round of MaxDelay per 12 records.)
 func TestPackBacklogManyDevices(t *testing.T) {
 	m := peertest.StartMosquitto(t)
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")

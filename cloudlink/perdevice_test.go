@@ -2,10 +2,12 @@ package cloudlink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,25 +26,6 @@ const (
 	testLeaf1Key = "bGVhZi1vbmUta2V5LWZvci10aGUtc3RhbmQtaW4taHVi" // "leaf-one-key-for-the-stand-in-hub"
 	testLeaf2Key = "bGVhZi10d28ta2V5LWZvci10aGUtc3RhbmQtaW4taHVi" // "leaf-two-key-for-the-stand-in-hub"
 )
-
-// runLink runs l until the test ends and checks Run returned nil.
-func runLink(t *testing.T, l Link) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- l.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-errc:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("Run did not return 15s after cancel")
-		}
-	})
-}
 
 // TestAzurePerDevice runs identity per-device against the stand-in IoT Hub
 // from a real store. Each leaf with a key connects as itself; a leaf
@@ -87,7 +70,7 @@ func TestAzurePerDevice(t *testing.T) {
 	if _, ok := l.(*Fleet); !ok {
 		t.Fatalf("Open gave a %T for identity per-device", l)
 	}
-	runLink(t, l)
+	runSession(t, l)
 
 	// byDevice counts each leaf's distinct readings the hub has, by the
 	// connection (identity) they came on and the leaf they are from.
@@ -234,7 +217,7 @@ func TestAzurePerDeviceOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runLink(t, l)
+	runSession(t, l)
 	stop := make(chan struct{})
 	done := make(chan int)
 	go func() {
@@ -501,6 +484,11 @@ func TestFleetIdentity(t *testing.T) {
 		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, NotDevices: []string{"dash"}}}, openStore(t))
 	if err != nil {
 		t.Fatal(err)
+	}
+	bad := Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice, DeviceKeys: map[string]string{"leaf-1": "!!"}}}
+	if _, err := NewFleet(bad, openStore(t)); !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "leaf-1") {
+		t.Errorf("a fleet with a leaf key that is not base64: %v", err)
 	}
 	for dev, want := range map[string]string{"gw-01": "", "leaf-1": "leaf-1", "leaf-9": "leaf-9", "dash": ""} {
 		if got := f.identity(dev); got != want {
