@@ -84,19 +84,18 @@ func (c *hubConn) Read(b []byte) (int, error) {
 }
 
 // Write writes under a deadline. The deadline is renewed only when less
-// than half of writeTimeout is left, to keep timer updates off the hot
-// path. A write that fails (a timeout may have sent part of a packet)
+// than half of the limit is left (or more than the limit, after shutdown
+// shortened it), to keep timer updates off the hot path. A write that fails (a timeout may have sent part of a packet)
 // closes the connection: the stream cannot be trusted after it.
 func (c *hubConn) Write(b []byte) (int, error) {
 	now := time.Now()
 	c.mu.Lock()
+	limit := writeTimeout
 	if c.short {
-		if c.deadline.IsZero() || c.deadline.After(now.Add(shutdownWriteTimeout)) {
-			c.deadline = now.Add(shutdownWriteTimeout)
-			_ = c.Conn.SetWriteDeadline(c.deadline)
-		}
-	} else if c.deadline.Sub(now) < writeTimeout/2 {
-		c.deadline = now.Add(writeTimeout)
+		limit = shutdownWriteTimeout
+	}
+	if left := c.deadline.Sub(now); left < limit/2 || left > limit {
+		c.deadline = now.Add(limit)
 		_ = c.Conn.SetWriteDeadline(c.deadline)
 	}
 	c.mu.Unlock()
