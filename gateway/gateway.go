@@ -221,13 +221,9 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		opt.Password = strings.TrimRight(string(pw), "\r\n")
 	}
 	if c.Protocol == config.ProtocolAzure {
-		key := c.SharedAccessKey
-		if c.SharedAccessKeyFile != "" {
-			b, err := os.ReadFile(c.SharedAccessKeyFile)
-			if err != nil {
-				return opt, fmt.Errorf("gateway: cloud.shared_access_key_file: %w", err)
-			}
-			key = strings.TrimSpace(string(b))
+		key, err := sasKey("cloud", c.SharedAccessKey, c.SharedAccessKeyFile)
+		if err != nil {
+			return opt, err
 		}
 		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
 			KeyName: c.SharedAccessKeyName, Identity: string(c.Identity), TokenTTL: c.SASTTL}
@@ -241,15 +237,28 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 				opt.Azure.Leaves = append(opt.Azure.Leaves, d.ID)
 			}
 			for _, c := range g.cfg.Hub.Clients {
-				if !c.ReadAll && !c.Operator || c.Azure != nil {
+				if c.IsDevice() {
 					opt.Azure.Leaves = append(opt.Azure.Leaves, c.ID)
-				} else { // observers and operators are not devices
+				} else {
 					opt.Azure.NotDevices = append(opt.Azure.NotDevices, c.ID)
 				}
 			}
 		}
 	}
 	return opt, nil
+}
+
+// sasKey is an IoT Hub key given inline or in a file (section names the
+// config section, for the error).
+func sasKey(section, key, file string) (string, error) {
+	if file == "" {
+		return key, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("gateway: %s.shared_access_key_file: %w", section, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // deviceKeys collects the leaves' own IoT Hub keys (identity per-device)
@@ -260,13 +269,9 @@ func (g *Gateway) deviceKeys() (map[string]string, error) {
 		if a == nil {
 			return nil // signed with the policy key
 		}
-		k := a.SharedAccessKey
-		if a.SharedAccessKeyFile != "" {
-			b, err := os.ReadFile(a.SharedAccessKeyFile)
-			if err != nil {
-				return fmt.Errorf("gateway: %s.azure.shared_access_key_file: %w", path, err)
-			}
-			k = strings.TrimSpace(string(b))
+		k, err := sasKey(path+".azure", a.SharedAccessKey, a.SharedAccessKeyFile)
+		if err != nil {
+			return err
 		}
 		if k != "" {
 			keys[id] = k

@@ -111,6 +111,11 @@ type Client struct {
 	Azure *DeviceAzure `yaml:"azure"`
 }
 
+// IsDevice reports whether the client is a device that needs an IoT Hub
+// identity of its own under cloud.identity per-device: observers
+// (read_all) and operators are not, unless they carry an azure block.
+func (c Client) IsDevice() bool { return !c.ReadAll && !c.Operator || c.Azure != nil }
+
 // HTTP is the status, metrics and API endpoint.
 type HTTP struct {
 	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP.

@@ -190,9 +190,7 @@ func (v *validator) hub() {
 				v.errorf(p+".password_hash", "%s.password_hash is not a bcrypt hash (make one with `outpost passwd`)", p)
 			}
 		}
-		if !cl.ReadAll && !cl.Operator || cl.Azure != nil {
-			// Observers and operators are not devices: they need no
-			// IoT Hub identity of their own.
+		if cl.IsDevice() {
 			v.deviceAzure(p, cl.Azure)
 		}
 	}
