@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/outpost-iot/outpost/gateway/msg"
+)
 
 // Cloud is the upstream link.
 type Cloud struct {
@@ -72,7 +76,7 @@ type CloudTLS struct {
 // Pack configures packing of small readings (IoT Hub bills in 4 KB units).
 type Pack struct {
 	// MaxBytes is the largest packed message; 0 turns packing off.
-	MaxBytes Size `yaml:"max_bytes"`
+	MaxBytes msg.Size `yaml:"max_bytes"`
 	// MaxDelay is how long a reading may wait for company. Default 2s
 	// when packing is on.
 	MaxDelay time.Duration `yaml:"max_delay"`

@@ -61,7 +61,7 @@ type Hub struct {
 	TLS       HubTLS `yaml:"tls"`
 	// MaxMessageBytes caps a leaf's publish, checked before storing.
 	// Default 262144 (256 KiB, IoT Hub's cap).
-	MaxMessageBytes Size `yaml:"max_message_bytes"`
+	MaxMessageBytes msg.Size `yaml:"max_message_bytes"`
 	// MaxInflight is the number of unacknowledged QoS 1 messages a client
 	// may have in flight in each direction (MQTT 5 receive maximum).
 	// Default 256.
@@ -125,7 +125,7 @@ type HTTP struct {
 // Store bounds the durable queues.
 type Store struct {
 	// MaxBytes caps the outbox. Default 512MiB.
-	MaxBytes Size `yaml:"max_bytes"`
+	MaxBytes msg.Size `yaml:"max_bytes"`
 	// WhenFull says what an append does when MaxBytes is reached.
 	// Default drop-oldest.
 	WhenFull WhenFull `yaml:"when_full"`
@@ -179,12 +179,12 @@ const (
 	DefaultDataDir         = "/var/lib/outpost"
 	DefaultHubListen       = "127.0.0.1:1883"
 	DefaultHTTPListen      = "127.0.0.1:9180"
-	DefaultMaxMessageBytes = 256 * KiB
+	DefaultMaxMessageBytes = 256 * msg.KiB
 	DefaultHubInflight     = 256
 	DefaultSessionExpiry   = 24 * time.Hour
 	DefaultConnectRate     = 20
 	DefaultConnectBurst    = 100
-	DefaultStoreMaxBytes   = 512 * MiB
+	DefaultStoreMaxBytes   = 512 * msg.MiB
 	DefaultStoreTTL        = 168 * time.Hour
 	DefaultCommandTTL      = time.Hour
 	DefaultCloudInflight   = 64

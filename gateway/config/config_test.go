@@ -162,7 +162,7 @@ func TestEveryKey(t *testing.T) {
 		File:    "every.yaml",
 		Gateway: Gateway{ID: "gw-2", DataDir: "/data"},
 		Hub: Hub{Listen: "", TLSListen: "0.0.0.0:8883", TLS: HubTLS{"c.pem", "k.pem", "ca.pem"},
-			MaxMessageBytes: 64 * KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
+			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
 			Clients: []Client{{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
 		HTTP:  HTTP{Listen: "[::1]:9999"},
 		Store: Store{MaxBytes: 1000 * 1000 * 1000, WhenFull: Reject, TTL: 0},

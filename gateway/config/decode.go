@@ -49,7 +49,7 @@ type defaulter interface{ setDefaults() }
 
 var (
 	durationType = reflect.TypeFor[time.Duration]()
-	sizeType     = reflect.TypeFor[Size]()
+	sizeType     = reflect.TypeFor[msg.Size]()
 	priorityType = reflect.TypeFor[msg.Priority]()
 )
 
@@ -551,13 +551,13 @@ func (d *decoder) decodeSize(path string, n ast.Node, v reflect.Value) {
 			d.errorf(posOf(n), path, "%s: %v", path, errNegativeSize)
 			return
 		}
-		s, err := ParseSize(scalarString(m))
+		s, err := msg.ParseSize(scalarString(m))
 		if err == nil {
 			v.SetInt(int64(s))
 			return
 		}
 	case *ast.StringNode, *ast.FloatNode:
-		s, err := ParseSize(scalarString(m))
+		s, err := msg.ParseSize(scalarString(m))
 		if err != nil {
 			d.errorf(posOf(n), path, "%s: %v", path, err)
 			return
@@ -567,6 +567,8 @@ func (d *decoder) decodeSize(path string, n ast.Node, v reflect.Value) {
 	}
 	d.errorf(posOf(n), path, "%s: bad size %s (want bytes: 4096, 4KiB, 512MiB)", path, describe(n))
 }
+
+var errNegativeSize = errors.New("size must not be negative")
 
 // fields maps a struct's YAML key names to field index paths.
 type fields struct {

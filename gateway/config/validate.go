@@ -164,7 +164,7 @@ func (v *validator) hub() {
 	} else if tlsSet {
 		v.errorf("hub.tls", "hub.tls is set but hub.tls_listen is empty: nothing would use it")
 	}
-	if h.MaxMessageBytes <= 0 || h.MaxMessageBytes > 256*MiB-1 {
+	if h.MaxMessageBytes <= 0 || h.MaxMessageBytes > 256*msg.MiB-1 {
 		v.errorf("hub.max_message_bytes", "hub.max_message_bytes must be between 1 and 268435455 (MQTT's limit), got %d", h.MaxMessageBytes)
 	}
 	if h.MaxInflight < 1 || h.MaxInflight > 65535 {

@@ -53,7 +53,7 @@ func (v *validator) cloud() {
 		v.errorf("cloud.pack.max_delay", "cloud.pack.max_delay is set but packing is off (cloud.pack.max_bytes is 0)")
 	case c.Pack.MaxBytes > 0 && c.Pack.MaxDelay <= 0:
 		v.errorf("cloud.pack.max_delay", "cloud.pack.max_delay must be positive, got %v", c.Pack.MaxDelay)
-	case c.Protocol == ProtocolAzure && c.Pack.MaxBytes > 256*KiB:
+	case c.Protocol == ProtocolAzure && c.Pack.MaxBytes > 256*msg.KiB:
 		v.errorf("cloud.pack.max_bytes", "cloud.pack.max_bytes %v is over IoT Hub's 256 KiB message cap", c.Pack.MaxBytes)
 	}
 }

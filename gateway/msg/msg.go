@@ -1,6 +1,7 @@
 // Package msg holds the message types every part of Outpost shares: a D2C
 // record as the store keeps it, an adapter reading, a C2D command and its
-// result, and the IoT Hub-shaped topics and property bags they travel in.
+// result, the IoT Hub-shaped topics and property bags they travel in, and the
+// byte Size that the parts' configs use for their message and queue caps.
 //
 // It is a leaf package: it imports only the standard library, and nothing in
 // it does I/O.

@@ -1,7 +1,6 @@
-package config
+package msg
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -70,7 +69,7 @@ func ParseSize(s string) (Size, error) {
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler, so Size also works
-// with other decoders (and in adapter configs decoded by goccy/go-yaml).
+// with other decoders (such as goccy/go-yaml decoding an adapter config).
 func (s *Size) UnmarshalText(b []byte) error {
 	v, err := ParseSize(string(b))
 	if err != nil {
@@ -79,8 +78,6 @@ func (s *Size) UnmarshalText(b []byte) error {
 	*s = v
 	return nil
 }
-
-var errNegativeSize = errors.New("size must not be negative")
 
 // String prints the size with the largest binary unit that divides it
 // exactly: 512MiB, 4KiB, 1000B.
