@@ -400,7 +400,7 @@ func TestFleetParkedEvicted(t *testing.T) {
 		return &msg.Record{ID: fmt.Sprintf("%s-%05d", dev, i), Device: dev, Priority: p, Payload: []byte("0123456789")}
 	}
 	size := int64(mk("leaf-1", 0, msg.Low).Size())
-	q, err := store.Open(filepath.Join(t.TempDir(), "data"), store.Options{MaxBytes: 3000*size + size/2, WhenFull: store.DropOldest})
+	q, err := store.Open(filepath.Join(t.TempDir(), "data"), store.Options{Config: store.Config{MaxBytes: msg.Size(3000*size + size/2), WhenFull: store.DropOldest}})
 	if err != nil {
 		t.Fatal(err)
 	}

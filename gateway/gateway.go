@@ -70,7 +70,7 @@ func (g *Gateway) Ready() <-chan struct{} { return g.ready }
 // nothing acknowledged is ever in a half-written state. What was leased and
 // not acknowledged upstream is simply delivered again next time.
 func (g *Gateway) Run(ctx context.Context) (err error) {
-	q, err := store.Open(g.cfg.Gateway.DataDir, g.storeOptions())
+	q, err := store.Open(g.cfg.Gateway.DataDir, store.Options{Config: g.cfg.Store, Logger: g.log.With("part", "store")})
 	if err != nil {
 		return fmt.Errorf("gateway: open store: %w", err)
 	}
@@ -163,30 +163,9 @@ func (g *Gateway) fail(part string, err error) {
 	g.failed[part] = err
 }
 
-func (g *Gateway) storeOptions() store.Options {
-	s := g.cfg.Store
-	opt := store.Options{MaxBytes: int64(s.MaxBytes), TTL: s.TTL, Logger: g.log.With("part", "store")}
-	if s.WhenFull == config.Reject {
-		opt.WhenFull = store.Reject
-	}
-	return opt
-}
-
 func (g *Gateway) hubOptions() hub.Options {
-	c := g.cfg.Hub
-	opt := hub.Options{
-		Listen: c.Listen, TLSListen: c.TLSListen,
-		CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ClientCAFile: c.TLS.ClientCAFile,
-		MaxMessageBytes: int(c.MaxMessageBytes),
-		MaxInflight:     c.MaxInflight,
-		SessionExpiry:   c.SessionExpiry,
-		ConnectRate:     c.ConnectRate,
-		ConnectBurst:    c.ConnectBurst,
-		Logger:          g.log.With("part", "hub"),
-	}
-	for _, cl := range c.Clients {
-		opt.Clients = append(opt.Clients, hub.Client{ID: cl.ID, PasswordHash: cl.PasswordHash, Priority: cl.Priority,
-			ReadAll: cl.ReadAll, Operator: cl.Operator})
+	opt := hub.Options{Config: g.cfg.Hub.HubConfig(), Logger: g.log.With("part", "hub")}
+	for _, cl := range g.cfg.Hub.Clients {
 		if cl.Operator {
 			opt.Commands = g.ledger.Accept
 		}

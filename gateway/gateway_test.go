@@ -13,6 +13,7 @@ import (
 	"github.com/outpost-iot/outpost/adapters/sim"
 	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/config"
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -131,7 +132,7 @@ func TestLinkOptions(t *testing.T) {
 	os.WriteFile(leafKey, []byte("bGVhZg==\n"), 0o600)
 	cfg.Cloud.Identity = config.IdentityPerDevice
 	cfg.Devices = []config.Device{{ID: "meter-1", Azure: &config.DeviceAzure{SharedAccessKey: "bWV0ZXI="}}, {ID: "meter-2"}}
-	cfg.Hub.Clients = []config.Client{{ID: "leaf-1", Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}, {ID: "dash", ReadAll: true}}
+	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "leaf-1"}, Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}, {Client: hub.Client{ID: "dash", ReadAll: true}}}
 	opt, err = New(cfg, nil).linkOptions()
 	if err != nil || len(opt.Azure.DeviceKeys) != 2 || opt.Azure.DeviceKeys["meter-1"] != "bWV0ZXI=" || opt.Azure.DeviceKeys["leaf-1"] != "bGVhZg==" || opt.Azure.Identity != "per-device" {
 		t.Fatalf("per-device linkOptions = %+v, %v", opt.Azure, err)

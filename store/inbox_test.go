@@ -112,7 +112,7 @@ func TestInbox(t *testing.T) {
 // reject policy leaves the command open.
 func TestFinishCommand(t *testing.T) {
 	ctx := context.Background()
-	q, err := store.Open(t.TempDir(), store.Options{MaxBytes: 600, WhenFull: store.Reject})
+	q, err := store.Open(t.TempDir(), store.Options{Config: store.Config{MaxBytes: 600, WhenFull: store.Reject}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package store
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"time"
@@ -11,35 +10,24 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 )
 
-// FullPolicy says what Append does when the store is at MaxBytes.
-type FullPolicy int
+// FullPolicy says what Append does when the store is at MaxBytes. It is
+// written in the config file as the store.when_full key.
+type FullPolicy string
 
 const (
-	// DropOldest (the default) evicts the oldest records that are not leased,
-	// Low class first, to make room; every eviction is counted in Dropped and
-	// in the pending gap report.
-	DropOldest FullPolicy = iota
+	// DropOldest (the default; also the zero value "") evicts the oldest
+	// records that are not leased, Low class first, to make room; every
+	// eviction is counted in Dropped and in the pending gap report.
+	DropOldest FullPolicy = "drop-oldest"
 	// Reject fails the append with ErrFull; nothing stored is touched.
-	Reject
+	Reject FullPolicy = "reject"
 )
 
 func (p FullPolicy) String() string {
-	if p == Reject {
-		return "reject"
+	if p == "" {
+		return string(DropOldest)
 	}
-	return "drop-oldest"
-}
-
-// ParseFullPolicy reads "drop-oldest" (or "") and "reject", the values of
-// the store.when_full config key.
-func ParseFullPolicy(s string) (FullPolicy, error) {
-	switch s {
-	case "", "drop-oldest":
-		return DropOldest, nil
-	case "reject":
-		return Reject, nil
-	}
-	return DropOldest, fmt.Errorf("store: unknown when_full %q (want drop-oldest or reject)", s)
+	return string(p)
 }
 
 var (
@@ -62,12 +50,11 @@ var (
 	ErrReadOnly = errors.New("store: read-only")
 )
 
-// Options configure a Queue. The zero value is a usable low-memory profile.
+// Options configure a Queue: the Config a user writes and the knobs that
+// only code sets. The zero value is a usable low-memory profile.
 type Options struct {
-	MaxBytes int64         // 0 = unlimited; counts msg.Record.Size() of outbox records
-	WhenFull FullPolicy    // what Append does at MaxBytes
-	TTL      time.Duration // 0 = keep forever; older records are expired, counted, never leased
-	Logger   *slog.Logger  // nil = discard
+	Config
+	Logger *slog.Logger // nil = discard
 
 	// MinFreeDisk and the size of the store's tables are kept free on the
 	// file system: below that Append fails with ErrFull whatever the policy,

@@ -106,7 +106,7 @@ func TestPark(t *testing.T) {
 // again (nothing parked is lost by stopping).
 func TestParkedEvictedExpiredAndKept(t *testing.T) {
 	t.Run("evicted", func(t *testing.T) {
-		q := openPark(t, t.TempDir(), store.Options{MaxBytes: 400})
+		q := openPark(t, t.TempDir(), store.Options{Config: store.Config{MaxBytes: 400}})
 		appendDevs(t, q, 40, "a") // 40 records of 5-7 budget bytes: 270 bytes
 		recs := leaseAvail(t, q, 40)
 		var seqs []uint64
@@ -133,7 +133,7 @@ func TestParkedEvictedExpiredAndKept(t *testing.T) {
 		var now atomic.Int64
 		now.Store(time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC).UnixNano())
 		clock := func() time.Time { return time.Unix(0, now.Load()) }
-		q := openPark(t, t.TempDir(), store.Options{TTL: time.Hour, Now: clock, SweepInterval: 10 * time.Millisecond})
+		q := openPark(t, t.TempDir(), store.Options{Config: store.Config{TTL: time.Hour}, Now: clock, SweepInterval: 10 * time.Millisecond})
 		appendDevs(t, q, 4, "a")
 		recs := leaseAvail(t, q, 4)
 		if err := q.Park(recs[0].Seq, recs[1].Seq, recs[2].Seq, recs[3].Seq); err != nil {
@@ -176,7 +176,7 @@ func TestParkedEvictedExpiredAndKept(t *testing.T) {
 // A record leased by LeaseFrom (ahead of the backlog's cursor) and parked
 // is neither leased again by Lease nor evicted twice.
 func TestParkAheadOfCursor(t *testing.T) {
-	q := openPark(t, t.TempDir(), store.Options{MaxBytes: 40, WhenFull: store.DropOldest})
+	q := openPark(t, t.TempDir(), store.Options{Config: store.Config{MaxBytes: 40, WhenFull: store.DropOldest}})
 	mark := q.NextSeq()
 	appendDevs(t, q, 4, "a") // 4 records of 5 budget bytes
 	live, err := q.LeaseFrom(context.Background(), mark, 10)
@@ -202,7 +202,7 @@ func TestParkAheadOfCursor(t *testing.T) {
 func TestLeaseParkedExpired(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC).UnixNano())
-	q := openPark(t, t.TempDir(), store.Options{TTL: time.Hour, Now: func() time.Time { return time.Unix(0, now.Load()) }, SweepInterval: time.Hour})
+	q := openPark(t, t.TempDir(), store.Options{Config: store.Config{TTL: time.Hour}, Now: func() time.Time { return time.Unix(0, now.Load()) }, SweepInterval: time.Hour})
 	appendDevs(t, q, 2, "a")
 	recs := leaseAvail(t, q, 2)
 	if err := q.Park(recs[0].Seq, recs[1].Seq); err != nil {

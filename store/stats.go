@@ -53,7 +53,7 @@ func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	m := q.pub
 	s := Stats{
-		Depth: m.depth(), Bytes: m.bytes(), MaxBytes: q.opt.MaxBytes,
+		Depth: m.depth(), Bytes: m.bytes(), MaxBytes: int64(q.opt.MaxBytes),
 		Leased: len(q.leased), Parked: q.parkedLocked(), NextSeq: m.NextSeq,
 		Appends: m.Appends, Acks: m.Acks, Dropped: m.Dropped, Expired: m.Expired,
 		Dead: m.Dead, DeadDepth: m.DeadDepth, DeadDropped: m.DeadDropped,

@@ -365,7 +365,7 @@ func (q *Queue) applyAppend(b *batch, o *op) error {
 		o.err = err
 		return nil
 	}
-	if limit := q.opt.MaxBytes; limit > 0 && q.m.bytes()+size > limit {
+	if limit := int64(q.opt.MaxBytes); limit > 0 && q.m.bytes()+size > limit {
 		if q.opt.WhenFull == Reject || size > limit {
 			return fail(fmt.Errorf("%w (%d of %d bytes used, %d more asked)", ErrFull, q.m.bytes(), limit, size))
 		}

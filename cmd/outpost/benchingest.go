@@ -148,7 +148,7 @@ func ingestOutpost(ctx context.Context, dir string, load ingestLoad) (ingestResu
 		for i := range n {
 			cs = append(cs, hub.Client{ID: fmt.Sprintf("bench-%d", i), PasswordHash: string(hash), Priority: msg.Normal})
 		}
-		h, err := hub.New(hub.Options{Listen: "127.0.0.1:0", Clients: cs, MaxInflight: load.inflight, ConnectBurst: 2 * n}, q)
+		h, err := hub.New(hub.Options{Config: hub.Config{Listen: "127.0.0.1:0", Clients: cs, MaxInflight: load.inflight, ConnectBurst: 2 * n}}, q)
 		if err != nil {
 			return 0, err
 		}

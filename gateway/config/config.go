@@ -20,19 +20,21 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 // Config is one parsed and validated config file. It is plain data: the
 // runtime state of the parts it configures lives elsewhere.
 type Config struct {
-	Gateway  Gateway  `yaml:"gateway"`
-	Hub      Hub      `yaml:"hub"`
-	HTTP     HTTP     `yaml:"http"`
-	Store    Store    `yaml:"store"`
-	Cloud    Cloud    `yaml:"cloud"`
-	Commands Commands `yaml:"commands"`
-	Devices  []Device `yaml:"devices"`
+	Gateway  Gateway      `yaml:"gateway"`
+	Hub      Hub          `yaml:"hub"`
+	HTTP     HTTP         `yaml:"http"`
+	Store    store.Config `yaml:"store"`
+	Cloud    Cloud        `yaml:"cloud"`
+	Commands Commands     `yaml:"commands"`
+	Devices  []Device     `yaml:"devices"`
 
 	// File is the name the config was parsed under ("" for Default).
 	File string `yaml:"-"`
@@ -50,62 +52,30 @@ type Gateway struct {
 	DataDir string `yaml:"data_dir"`
 }
 
-// Hub is the local MQTT hub that leaf devices connect to.
+// Hub is the hub section: the local MQTT hub's own config (package hub
+// owns its keys, defaults and checks), with clients that may also carry an
+// IoT Hub identity.
 type Hub struct {
-	// Listen is the plain TCP listener address, host:port. Default
-	// 127.0.0.1:1883; "" disables plain TCP.
-	Listen string `yaml:"listen"`
-	// TLSListen is the TLS listener address ("" = none). It needs
-	// TLS.CertFile and TLS.KeyFile.
-	TLSListen string `yaml:"tls_listen"`
-	TLS       HubTLS `yaml:"tls"`
-	// MaxMessageBytes caps a leaf's publish, checked before storing.
-	// Default 262144 (256 KiB, IoT Hub's cap).
-	MaxMessageBytes msg.Size `yaml:"max_message_bytes"`
-	// MaxInflight is the number of unacknowledged QoS 1 messages a client
-	// may have in flight in each direction (MQTT 5 receive maximum).
-	// Default 256.
-	MaxInflight int `yaml:"max_inflight"`
-	// SessionExpiry bounds how long an offline client's session is kept.
-	// Default 24h. Pending commands live in the store, not in the session.
-	SessionExpiry time.Duration `yaml:"session_expiry"`
-	// ConnectRate is the number of new connections accepted per second
-	// (token bucket, ConnectBurst deep); 0 means unlimited. Default 20/s,
-	// burst 100, so a reconnect storm cannot starve the gateway.
-	ConnectRate  float64 `yaml:"connect_rate"`
-	ConnectBurst int     `yaml:"connect_burst"`
-	// Clients are the MQTT leaf devices and local observers allowed to
-	// connect. None can connect anonymously.
+	hub.Config `yaml:",inline"`
+	// Clients are the hub's clients (they shadow hub.Config.Clients, which
+	// HubConfig fills from them).
 	Clients []Client `yaml:"clients"`
 }
 
-// HubTLS configures the hub's TLS listener.
-type HubTLS struct {
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-	// ClientCAFile, when set, makes the TLS listener verify client
-	// certificates against it; a verified certificate's CN is the client's
-	// id and needs no password.
-	ClientCAFile string `yaml:"client_ca_file"`
+// HubConfig returns the hub's own config, clients included.
+func (h Hub) HubConfig() hub.Config {
+	c := h.Config
+	c.Clients = make([]hub.Client, len(h.Clients))
+	for i, cl := range h.Clients {
+		c.Clients[i] = cl.Client
+	}
+	return c
 }
 
-// Client is one MQTT client of the local hub: a leaf device (client id =
-// username = device id) or a local observer.
+// Client is one hub.clients entry: the hub's client and, with
+// cloud.identity per-device, its own IoT Hub identity.
 type Client struct {
-	ID string `yaml:"id"`
-	// PasswordHash is a bcrypt hash (`outpost passwd`). Required unless
-	// hub.tls.client_ca_file is set (client certificates).
-	PasswordHash string `yaml:"password_hash"`
-	// Priority is the outbox class of the client's D2C messages. Default
-	// normal.
-	Priority msg.Priority `yaml:"priority"`
-	// ReadAll lets a local observer (dashboard, Node-RED) subscribe to
-	// every device's D2C topic.
-	ReadAll bool `yaml:"read_all"`
-	// Operator lets a local client (an HMI, a maintenance laptop) send
-	// commands: it may publish to any device's devicebound topic, and each
-	// such message becomes a command in the ledger, like one from the cloud.
-	Operator bool `yaml:"operator"`
+	hub.Client `yaml:",inline"`
 	// Azure carries the client's own IoT Hub identity when
 	// cloud.identity is per-device.
 	Azure *DeviceAzure `yaml:"azure"`
@@ -121,29 +91,6 @@ type HTTP struct {
 	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP.
 	Listen string `yaml:"listen"`
 }
-
-// Store bounds the durable queues.
-type Store struct {
-	// MaxBytes caps the outbox. Default 512MiB.
-	MaxBytes msg.Size `yaml:"max_bytes"`
-	// WhenFull says what an append does when MaxBytes is reached.
-	// Default drop-oldest.
-	WhenFull WhenFull `yaml:"when_full"`
-	// TTL removes records older than this, counted, never sent.
-	// Default 168h; 0 keeps records until delivered or evicted.
-	TTL time.Duration `yaml:"ttl"`
-}
-
-// WhenFull is the store's full policy.
-type WhenFull string
-
-// Full policies.
-const (
-	// DropOldest evicts the oldest records, lowest priority first.
-	DropOldest WhenFull = "drop-oldest"
-	// Reject fails the append (store.ErrFull); the producer gets no ack.
-	Reject WhenFull = "reject"
-)
 
 // Commands configures the C2D command ledger.
 type Commands struct {
@@ -176,20 +123,12 @@ type DeviceAzure struct {
 
 // Defaults.
 const (
-	DefaultDataDir         = "/var/lib/outpost"
-	DefaultHubListen       = "127.0.0.1:1883"
-	DefaultHTTPListen      = "127.0.0.1:9180"
-	DefaultMaxMessageBytes = 256 * msg.KiB
-	DefaultHubInflight     = 256
-	DefaultSessionExpiry   = 24 * time.Hour
-	DefaultConnectRate     = 20
-	DefaultConnectBurst    = 100
-	DefaultStoreMaxBytes   = 512 * msg.MiB
-	DefaultStoreTTL        = 168 * time.Hour
-	DefaultCommandTTL      = time.Hour
-	DefaultCloudInflight   = 64
-	DefaultAzureInflight   = 16
-	DefaultKeepalive       = 30 * time.Second
+	DefaultDataDir       = "/var/lib/outpost"
+	DefaultHTTPListen    = "127.0.0.1:9180"
+	DefaultCommandTTL    = time.Hour
+	DefaultCloudInflight = 64
+	DefaultAzureInflight = 16
+	DefaultKeepalive     = 30 * time.Second
 )
 
 // Default returns a config holding every default. Gateway.ID is empty:
@@ -203,16 +142,9 @@ func Default() *Config {
 
 func (c *Config) setDefaults() {
 	c.Gateway.DataDir = DefaultDataDir
-	c.Hub.Listen = DefaultHubListen
-	c.Hub.MaxMessageBytes = DefaultMaxMessageBytes
-	c.Hub.MaxInflight = DefaultHubInflight
-	c.Hub.SessionExpiry = DefaultSessionExpiry
-	c.Hub.ConnectRate = DefaultConnectRate
-	c.Hub.ConnectBurst = DefaultConnectBurst
+	c.Hub.Config = hub.DefaultConfig()
 	c.HTTP.Listen = DefaultHTTPListen
-	c.Store.MaxBytes = DefaultStoreMaxBytes
-	c.Store.WhenFull = DropOldest
-	c.Store.TTL = DefaultStoreTTL
+	c.Store = store.DefaultConfig()
 	c.Cloud.Protocol = ProtocolNone
 	c.Cloud.Keepalive = DefaultKeepalive
 	c.Cloud.Identity = IdentityGateway

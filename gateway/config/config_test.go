@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store"
 )
 
 const hash = "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS"
@@ -28,10 +30,10 @@ func TestDefault(t *testing.T) {
 	c := Default()
 	want := &Config{
 		Gateway: Gateway{DataDir: "/var/lib/outpost"},
-		Hub: Hub{Listen: "127.0.0.1:1883", MaxMessageBytes: 262144, MaxInflight: 256,
-			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100},
+		Hub: Hub{Config: hub.Config{Listen: "127.0.0.1:1883", MaxMessageBytes: 262144, MaxInflight: 256,
+			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100}},
 		HTTP:     HTTP{Listen: "127.0.0.1:9180"},
-		Store:    Store{MaxBytes: 512 << 20, WhenFull: DropOldest, TTL: 168 * time.Hour},
+		Store:    store.Config{MaxBytes: 512 << 20, WhenFull: store.DropOldest, TTL: 168 * time.Hour},
 		Cloud:    Cloud{Protocol: ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: IdentityGateway},
 		Commands: Commands{TTL: time.Hour},
 	}
@@ -161,11 +163,11 @@ func TestEveryKey(t *testing.T) {
 	want := &Config{
 		File:    "every.yaml",
 		Gateway: Gateway{ID: "gw-2", DataDir: "/data"},
-		Hub: Hub{Listen: "", TLSListen: "0.0.0.0:8883", TLS: HubTLS{"c.pem", "k.pem", "ca.pem"},
-			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
-			Clients: []Client{{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
+		Hub: Hub{Config: hub.Config{Listen: "", TLSListen: "0.0.0.0:8883", TLS: hub.TLSConfig{CertFile: "c.pem", KeyFile: "k.pem", ClientCAFile: "ca.pem"},
+			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7},
+			Clients: []Client{{Client: hub.Client{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true}, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
 		HTTP:  HTTP{Listen: "[::1]:9999"},
-		Store: Store{MaxBytes: 1000 * 1000 * 1000, WhenFull: Reject, TTL: 0},
+		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
 		Cloud: Cloud{Protocol: ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
 			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: IdentityPerDevice,
 			TLS: CloudTLS{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,

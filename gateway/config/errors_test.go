@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/store"
 )
 
 var update = flag.Bool("update", false, "rewrite the .golden files in testdata")
@@ -168,7 +171,7 @@ func TestNullValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Hub.Listen != DefaultHubListen || c.Store.MaxBytes != DefaultStoreMaxBytes {
+	if c.Hub.Listen != hub.DefaultListen || c.Store.MaxBytes != store.DefaultMaxBytes {
 		t.Errorf("null sections lost their defaults: %+v %+v", c.Hub, c.Store)
 	}
 	// An empty scalar is the zero value: "listen:" turns the listener off.

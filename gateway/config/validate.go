@@ -4,16 +4,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"math"
-	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
-	"time"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -74,6 +71,25 @@ func (v *validator) errorf(path, format string, args ...any) {
 	v.errs = append(v.errs, &Error{File: v.c.File, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// owned places the errors of a section's own Validate (hub, store, cloud):
+// each *adapters.FieldError at the section's key below it, with its message
+// as the owner wrote it (the owner knows its section and names its keys as
+// written in the file); any other error at the section.
+func (v *validator) owned(section string, err error) {
+	for _, err := range leafErrors(err) {
+		var fe *adapters.FieldError
+		if errors.As(err, &fe) && fe.Path != "" {
+			sep := "."
+			if strings.HasPrefix(fe.Path, "[") {
+				sep = ""
+			}
+			v.errorf(section+sep+fe.Path, "%v", fe.Err)
+			continue
+		}
+		v.errorf(section, "%v", err)
+	}
+}
+
 // set reports whether path is written in the file (for code-built
 // configs, whether the value is non-zero).
 func (v *validator) set(path string, nonzero bool) bool {
@@ -128,68 +144,31 @@ func (v *validator) gateway() {
 	}
 }
 
-// checkListen checks a host:port listen address; port 0 picks a free port.
-func (v *validator) checkListen(path, addr string) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		v.errorf(path, "%s: bad listen address %q: want host:port, e.g. 127.0.0.1:1883 or :1883", path, addr)
-		return
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		v.errorf(path, "%s: bad port %q in %q", path, port, addr)
-		return
-	}
-	if strings.ContainsAny(host, " /") {
-		v.errorf(path, "%s: bad host %q in %q", path, host, addr)
-	}
-}
-
+// hub places the hub's own errors, each client's after the check of its id
+// (two problems at one position keep the order id, password, azure).
 func (v *validator) hub() {
-	h := v.c.Hub
-	if h.Listen != "" {
-		v.checkListen("hub.listen", h.Listen)
+	own := leafErrors(v.c.Hub.HubConfig().Validate())
+	ofClient := func(i int) (mine []error) {
+		prefix := elem("clients", i) + "."
+		own = slices.DeleteFunc(own, func(err error) bool {
+			var fe *adapters.FieldError
+			if errors.As(err, &fe) && strings.HasPrefix(fe.Path, prefix) {
+				mine = append(mine, err)
+				return true
+			}
+			return false
+		})
+		return mine
 	}
-	tlsSet := h.TLS != HubTLS{}
-	if h.TLSListen != "" {
-		v.checkListen("hub.tls_listen", h.TLSListen)
-		if h.TLSListen == h.Listen {
-			v.errorf("hub.tls_listen", "hub.tls_listen: same address as hub.listen")
-		}
-		if h.TLS.CertFile == "" {
-			v.errorf("hub.tls.cert_file", "hub.tls.cert_file is required with hub.tls_listen")
-		}
-		if h.TLS.KeyFile == "" {
-			v.errorf("hub.tls.key_file", "hub.tls.key_file is required with hub.tls_listen")
-		}
-	} else if tlsSet {
-		v.errorf("hub.tls", "hub.tls is set but hub.tls_listen is empty: nothing would use it")
+	clients := make([][]error, len(v.c.Hub.Clients))
+	for i := range clients {
+		clients[i] = ofClient(i)
 	}
-	if h.MaxMessageBytes <= 0 || h.MaxMessageBytes > 256*msg.MiB-1 {
-		v.errorf("hub.max_message_bytes", "hub.max_message_bytes must be between 1 and 268435455 (MQTT's limit), got %d", h.MaxMessageBytes)
-	}
-	if h.MaxInflight < 1 || h.MaxInflight > 65535 {
-		v.errorf("hub.max_inflight", "hub.max_inflight must be between 1 and 65535, got %d", h.MaxInflight)
-	}
-	if h.SessionExpiry < 0 || h.SessionExpiry > math.MaxUint32*time.Second {
-		v.errorf("hub.session_expiry", "hub.session_expiry must be between 0 and %v, got %v", math.MaxUint32*time.Second, h.SessionExpiry)
-	}
-	if h.ConnectRate < 0 || math.IsInf(h.ConnectRate, 0) || math.IsNaN(h.ConnectRate) {
-		v.errorf("hub.connect_rate", "hub.connect_rate must be 0 (unlimited) or a positive rate per second, got %v", h.ConnectRate)
-	}
-	if h.ConnectRate > 0 && h.ConnectBurst < 1 {
-		v.errorf("hub.connect_burst", "hub.connect_burst must be at least 1 when hub.connect_rate is set, got %d", h.ConnectBurst)
-	}
-	for i, cl := range h.Clients {
+	v.owned("hub", errors.Join(own...))
+	for i, cl := range v.c.Hub.Clients {
 		p := elem("hub.clients", i)
 		v.deviceID(p+".id", cl.ID)
-		switch {
-		case cl.PasswordHash == "" && h.TLS.ClientCAFile == "":
-			v.errorf(p+".password_hash", "%s.password_hash is required (make one with `outpost passwd`); no client connects anonymously", p)
-		case cl.PasswordHash != "":
-			if _, err := bcrypt.Cost([]byte(cl.PasswordHash)); err != nil {
-				v.errorf(p+".password_hash", "%s.password_hash is not a bcrypt hash (make one with `outpost passwd`)", p)
-			}
-		}
+		v.owned("hub", errors.Join(clients[i]...))
 		if cl.IsDevice() {
 			v.deviceAzure(p, cl.Azure)
 		}
@@ -201,7 +180,9 @@ func (v *validator) http() {
 	if l == "" {
 		return
 	}
-	v.checkListen("http.listen", l)
+	if err := hub.ValidListen(l); err != nil {
+		v.errorf("http.listen", "http.listen: %v", err)
+	}
 	if l == v.c.Hub.Listen || l == v.c.Hub.TLSListen {
 		v.errorf("http.listen", "http.listen: same address as the hub's listener")
 	}
@@ -209,18 +190,9 @@ func (v *validator) http() {
 
 func (v *validator) store() {
 	s := v.c.Store
-	if s.MaxBytes <= 0 {
-		v.errorf("store.max_bytes", "store.max_bytes must be positive, got %v", s.MaxBytes)
-	} else if s.MaxBytes < v.c.Hub.MaxMessageBytes {
+	v.owned("store", s.Validate())
+	if s.MaxBytes > 0 && s.MaxBytes < v.c.Hub.MaxMessageBytes {
 		v.errorf("store.max_bytes", "store.max_bytes (%v) is smaller than hub.max_message_bytes (%v): a largest message could never be stored", s.MaxBytes, v.c.Hub.MaxMessageBytes)
-	}
-	switch s.WhenFull {
-	case DropOldest, Reject:
-	default:
-		v.errorf("store.when_full", "store.when_full: unknown policy %q (want drop-oldest or reject)", s.WhenFull)
-	}
-	if s.TTL < 0 {
-		v.errorf("store.ttl", "store.ttl must not be negative (0 keeps records until delivered), got %v", s.TTL)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/outpost-iot/outpost/adapters/sim"
 	"github.com/outpost-iot/outpost/gateway"
 	"github.com/outpost-iot/outpost/gateway/config"
+	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -81,7 +82,7 @@ func Run(ctx context.Context, opt Options) (Summary, error) {
 	cfg.Gateway.DataDir = dir
 	cfg.Hub.Listen = "127.0.0.1:0"
 	cfg.HTTP.Listen = "127.0.0.1:0"
-	cfg.Hub.Clients = []config.Client{{ID: "leaf-1", PasswordHash: string(hash), Priority: msg.Normal}}
+	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "leaf-1", PasswordHash: string(hash), Priority: msg.Normal}}}
 	cfg.Cloud.Protocol = config.ProtocolMQTT
 	cfg.Cloud.URL = "mqtt://" + up.addr
 	cfg.Cloud.ClientID = "demo-gw"

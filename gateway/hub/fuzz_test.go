@@ -29,9 +29,7 @@ func FuzzHubPackets(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzOnce.Do(func() {
 			h, err := New(Options{
-				Listen:      "127.0.0.1:0",
-				Clients:     []Client{{ID: "leaf-1", PasswordHash: testHash}, {ID: "leaf-2", PasswordHash: testHash}},
-				ConnectRate: 1e9, ConnectBurst: 1 << 30,
+				Config: Config{Listen: "127.0.0.1:0", Clients: []Client{{ID: "leaf-1", PasswordHash: testHash}, {ID: "leaf-2", PasswordHash: testHash}}, ConnectRate: 1e9, ConnectBurst: 1 << 30},
 				Logger: testLogger(t),
 			}, &fakeStore{})
 			if err == nil {

@@ -112,12 +112,11 @@ func testLogger(t testing.TB) *slog.Logger {
 func startHub(t testing.TB, st Appender, mod func(*Options)) *Hub {
 	t.Helper()
 	opt := Options{
-		Listen: "127.0.0.1:0",
-		Clients: []Client{
+		Config: Config{Listen: "127.0.0.1:0", Clients: []Client{
 			{ID: "leaf-1", PasswordHash: testHash, Priority: msg.High},
 			{ID: "leaf-2", PasswordHash: testHash, Priority: msg.Normal},
 			{ID: "dash", PasswordHash: testHash, ReadAll: true},
-		},
+		}},
 		Logger: testLogger(t),
 	}
 	if mod != nil {

@@ -63,41 +63,14 @@ type Appender interface {
 	Submit(recs []*msg.Record, done func(error))
 }
 
-// Client is one configured MQTT client of the hub.
-type Client struct {
-	ID           string       // device id = MQTT client id = username
-	PasswordHash string       // bcrypt hash ("" = no password login; TLS certificate only)
-	Priority     msg.Priority // outbox priority of its D2C messages (the zero value is msg.High; config should use msg.ParsePriority)
-	ReadAll      bool         // may subscribe to every D2C topic (a dashboard, Node-RED)
-	// Operator may publish commands to any device's devicebound topic; each
-	// goes to Options.Commands (and nowhere else) before its PUBACK.
-	Operator bool
-}
-
-// Options configure a Hub. Zero values take the defaults noted.
+// Options configure a Hub: the Config a user writes and what only the
+// gateway supplies. Zero values take the defaults noted.
+//
+// A zero MaxMessageBytes is 262144 (IoT Hub's cap), a zero MaxInflight 256
+// (more than 65535 is 65535), a zero SessionExpiry 24h, and a zero
+// ConnectRate and ConnectBurst 50/s and 100.
 type Options struct {
-	Listen    string // plain TCP address, e.g. "127.0.0.1:1883"; "" disables it
-	TLSListen string // TLS address; "" disables it
-	// CertFile and KeyFile are the TLS listener's certificate; with
-	// ClientCAFile, client certificates signed by that CA are verified and
-	// accepted as login (CN = device id).
-	CertFile, KeyFile, ClientCAFile string
-
-	MaxMessageBytes int // largest accepted D2C payload; default 262144 (IoT Hub's cap)
-	Clients         []Client
-
-	// MaxInflight is the number of QoS 1 messages per client that may await
-	// storage and PUBACK at once (MQTT 5 receive maximum); a client that
-	// sends more is read no further until PUBACKs go out. Default 256.
-	MaxInflight int
-	// SessionExpiry is how long an offline persistent session (and its
-	// pending C2D messages in the broker) is kept. Default 24h.
-	SessionExpiry time.Duration
-	// ConnectRate is the sustained rate of accepted new connections per
-	// second over all listeners, ConnectBurst the bucket size; connections
-	// beyond it are closed at once. Defaults 50/s and 100.
-	ConnectRate  float64
-	ConnectBurst int
+	Config
 
 	// Commands takes a command an Operator client published on
 	// devices/{device}/messages/devicebound/{props}. It must return nil only
@@ -108,15 +81,6 @@ type Options struct {
 
 	Logger *slog.Logger
 }
-
-// Defaults.
-const (
-	DefaultMaxMessageBytes = 256 << 10
-	DefaultMaxInflight     = 256
-	DefaultSessionExpiry   = 24 * time.Hour
-	DefaultConnectRate     = 50
-	DefaultConnectBurst    = 100
-)
 
 // Errors.
 var (
@@ -175,7 +139,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 		opt.SessionExpiry = DefaultSessionExpiry
 	}
 	if opt.ConnectRate <= 0 {
-		opt.ConnectRate = DefaultConnectRate
+		opt.ConnectRate = fallbackConnectRate
 	}
 	if opt.ConnectBurst <= 0 {
 		opt.ConnectBurst = DefaultConnectBurst
@@ -186,7 +150,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 	if opt.Listen == "" && opt.TLSListen == "" {
 		return nil, errors.New("hub: neither listen nor tls_listen set")
 	}
-	if opt.TLSListen != "" && (opt.CertFile == "" || opt.KeyFile == "") {
+	if opt.TLSListen != "" && (opt.TLS.CertFile == "" || opt.TLS.KeyFile == "") {
 		return nil, errors.New("hub: tls_listen needs cert_file and key_file")
 	}
 	h := &Hub{

@@ -44,7 +44,7 @@ func (h *Hub) record(cl *mqtt.Client, pk packets.Packet) (*msg.Record, error) {
 	if dev != cl.ID {
 		return nil, fmt.Errorf("hub: %s may not publish for %s", cl.ID, dev)
 	}
-	if len(pk.Payload) > h.opt.MaxMessageBytes {
+	if len(pk.Payload) > int(h.opt.MaxMessageBytes) {
 		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(pk.Payload), h.opt.MaxMessageBytes)
 	}
 	r := &msg.Record{Device: dev, Payload: pk.Payload, Priority: msg.Normal}

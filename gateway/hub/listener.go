@@ -267,19 +267,19 @@ func (l *listener) Close(listeners.CloseFn) {
 // tlsConfig loads the TLS listener's certificate and, when set, the CA that
 // signs client certificates (verified if given; password login remains).
 func (h *Hub) tlsConfig() (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(h.opt.CertFile, h.opt.KeyFile)
+	cert, err := tls.LoadX509KeyPair(h.opt.TLS.CertFile, h.opt.TLS.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("hub: tls certificate: %w", err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if h.opt.ClientCAFile != "" {
-		pem, err := os.ReadFile(h.opt.ClientCAFile)
+	if h.opt.TLS.ClientCAFile != "" {
+		pem, err := os.ReadFile(h.opt.TLS.ClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("hub: client ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("hub: client ca %s: no certificates found", h.opt.ClientCAFile)
+			return nil, fmt.Errorf("hub: client ca %s: no certificates found", h.opt.TLS.ClientCAFile)
 		}
 		cfg.ClientCAs = pool
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven

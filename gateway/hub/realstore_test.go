@@ -80,7 +80,7 @@ func TestRealStoreRecordsSurviveReopen(t *testing.T) {
 }
 
 func TestRealStoreRejectWhenFull(t *testing.T) {
-	q := openStore(t, t.TempDir(), store.Options{MaxBytes: 2000, WhenFull: store.Reject})
+	q := openStore(t, t.TempDir(), store.Options{Config: store.Config{MaxBytes: 2000, WhenFull: store.Reject}})
 	defer q.Close()
 	h := startHub(t, q, nil)
 	c := rawConnect5(t, h.Addr(), "leaf-1")
@@ -165,7 +165,7 @@ func runChild(dir string) {
 		fmt.Println("ERR", err)
 		os.Exit(1)
 	}
-	h, err := New(Options{Listen: "127.0.0.1:0", Clients: []Client{{ID: "leaf-1", PasswordHash: testHash}}}, q)
+	h, err := New(Options{Config: Config{Listen: "127.0.0.1:0", Clients: []Client{{ID: "leaf-1", PasswordHash: testHash}}}}, q)
 	if err == nil {
 		err = h.Start()
 	}

@@ -92,7 +92,7 @@ func startTLSHub(t *testing.T, st Appender) (*Hub, *pki) {
 	h := startHub(t, st, func(o *Options) {
 		o.Listen = ""
 		o.TLSListen = "127.0.0.1:0"
-		o.CertFile, o.KeyFile, o.ClientCAFile = p.serverCrt, p.serverKy, p.caFile
+		o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = p.serverCrt, p.serverKy, p.caFile
 	})
 	return h, p
 }

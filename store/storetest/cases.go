@@ -162,7 +162,7 @@ func (s *suite) reject(t *testing.T) {
 
 func (s *suite) ttl(t *testing.T) {
 	c := newClock()
-	q := s.mustOpen(t, t.TempDir(), store.Options{TTL: time.Hour, Now: c.now})
+	q := s.mustOpen(t, t.TempDir(), store.Options{Config: store.Config{TTL: time.Hour}, Now: c.now})
 	appendAll(t, q, rec("d", msg.Normal, "old1"), rec("d", msg.Low, "old2"))
 	c.advance(30 * time.Minute)
 	appendAll(t, q, rec("d", msg.Normal, "young"))
@@ -176,7 +176,7 @@ func (s *suite) ttl(t *testing.T) {
 
 func (s *suite) fullReject(t *testing.T) {
 	dir := t.TempDir()
-	opt := store.Options{MaxBytes: 100, WhenFull: store.Reject}
+	opt := store.Options{Config: store.Config{MaxBytes: 100, WhenFull: store.Reject}}
 	q := s.mustOpen(t, dir, opt)
 	appendAll(t, q, sized(msg.Normal, string(make([]byte, 58)))) // 60 bytes
 	appendAll(t, q, sized(msg.Normal, string(make([]byte, 38)))) // 100
@@ -195,7 +195,7 @@ func (s *suite) fullReject(t *testing.T) {
 }
 
 func (s *suite) fullDropOldest(t *testing.T) {
-	q := s.mustOpen(t, t.TempDir(), store.Options{MaxBytes: 50})
+	q := s.mustOpen(t, t.TempDir(), store.Options{Config: store.Config{MaxBytes: 50}})
 	// 10-byte records: device "d" + 9-byte payload.
 	appendAll(t, q, sized(msg.High, "h0000001"), sized(msg.Low, "l0000001"), sized(msg.Normal, "n0000001"))
 	appendAll(t, q, sized(msg.Low, "l0000002"), sized(msg.Normal, "n0000002"))  // 50: full
@@ -216,7 +216,7 @@ func (s *suite) fullDropOldest(t *testing.T) {
 }
 
 func (s *suite) dropOldestSparesLeased(t *testing.T) {
-	q := s.mustOpen(t, t.TempDir(), store.Options{MaxBytes: 30})
+	q := s.mustOpen(t, t.TempDir(), store.Options{Config: store.Config{MaxBytes: 30}})
 	appendAll(t, q, sized(msg.Low, "a0000001"), sized(msg.Low, "a0000002"), sized(msg.Low, "a0000003"))
 	leased := leaseNow(t, q, 2)
 	appendAll(t, q, sized(msg.Low, "b0000001")) // evicts a3, the only one not leased
@@ -238,7 +238,7 @@ func (s *suite) dropOldestSparesLeased(t *testing.T) {
 
 func (s *suite) gap(t *testing.T) {
 	dir := t.TempDir()
-	q := s.mustOpen(t, dir, store.Options{MaxBytes: 20})
+	q := s.mustOpen(t, dir, store.Options{Config: store.Config{MaxBytes: 20}})
 	ctx := context.Background()
 	if _, ok, err := q.TakeGap(ctx); ok || err != nil {
 		t.Fatalf("gap on a fresh store: %v %v", ok, err)
@@ -252,7 +252,7 @@ func (s *suite) gap(t *testing.T) {
 	}
 	appendAll(t, q, sized(msg.Normal, "p0000009")) // one more drop while g is out
 	q.Close()
-	q = s.mustOpen(t, dir, store.Options{MaxBytes: 20})
+	q = s.mustOpen(t, dir, store.Options{Config: store.Config{MaxBytes: 20}})
 	again, ok, err := q.TakeGap(ctx)
 	if err != nil || !ok || again != g {
 		t.Fatalf("after restart TakeGap = %+v, want the same gap %+v", again, g)
