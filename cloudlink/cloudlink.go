@@ -47,13 +47,28 @@ type queue interface {
 	Reject(seq uint64, reason string) error
 }
 
+// Protocol names an upstream dialect: the cloud.protocol key.
+type Protocol string
+
 // Protocols.
 const (
-	ProtocolMQTT   = "mqtt"
-	ProtocolAzure  = "azure-iothub"
-	ProtocolNone   = "none"
-	IdentityGW     = "gateway"
-	IdentityDevice = "per-device"
+	ProtocolMQTT  Protocol = "mqtt"
+	ProtocolAzure Protocol = "azure-iothub"
+	// ProtocolNone sends nothing upstream: the gateway only buffers.
+	ProtocolNone Protocol = "none"
+)
+
+// Identity says how leaf devices appear in IoT Hub: the cloud.identity key.
+type Identity string
+
+// Identities.
+const (
+	// IdentityGateway sends the leaves' messages on the gateway's own
+	// connection, their id in a property.
+	IdentityGateway Identity = "gateway"
+	// IdentityPerDevice gives every leaf its own IoT Hub identity and
+	// connection (a Fleet).
+	IdentityPerDevice Identity = "per-device"
 )
 
 // InboxFunc takes one C2D message in. It is called from one goroutine per
@@ -74,10 +89,10 @@ type AzureOptions struct {
 	// (with DeviceConnect) rather than the device's own: tokens carry
 	// skn=KeyName and are signed with it for sr={host}/devices/{id}.
 	KeyName  string
-	Identity string // "gateway" (default) or "per-device"
-	// DeviceKeys holds each leaf's key for Identity "per-device".
+	Identity Identity // IdentityGateway (default) or IdentityPerDevice
+	// DeviceKeys holds each leaf's key for IdentityPerDevice.
 	DeviceKeys map[string]string
-	// Leaves are the leaves known at start (Identity "per-device"): those
+	// Leaves are the leaves known at start (IdentityPerDevice): those
 	// with an identity (a key, or the policy key) connect at once, so C2D
 	// reaches them before their first D2C. Others connect on their first
 	// record.
@@ -94,8 +109,8 @@ type AzureOptions struct {
 
 // Options configures a Session. Zero values take the defaults noted.
 type Options struct {
-	Protocol string // "mqtt" | "azure-iothub" | "none"
-	URL      string // mqtt://host:port or mqtts://host:port (azure: default mqtts://{Host}:8883)
+	Protocol Protocol // ProtocolMQTT (default), ProtocolAzure or ProtocolNone
+	URL      string   // mqtt://host:port or mqtts://host:port (azure: default mqtts://{Host}:8883)
 
 	ClientID, Username, Password string
 
@@ -228,11 +243,11 @@ func (o Options) withDefaults() (Options, error) {
 			bad("azure device_id: %v", err)
 		}
 		if a.Identity == "" {
-			a.Identity = IdentityGW
+			a.Identity = IdentityGateway
 		}
 		switch a.Identity {
-		case IdentityGW:
-		case IdentityDevice:
+		case IdentityGateway:
+		case IdentityPerDevice:
 			// One connection per leaf is a Fleet (Open, NewFleet); a single
 			// Session would send leaves under the gateway's identity.
 			bad("azure identity per-device needs a Fleet (cloudlink.Open), not a Session")

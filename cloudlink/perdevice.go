@@ -27,7 +27,7 @@ type Link interface {
 // Open returns the link opt asks for: a Fleet for azure identity
 // "per-device", else a Session.
 func Open(opt Options, q queue) (Link, error) {
-	if opt.Protocol == ProtocolAzure && opt.Azure.Identity == IdentityDevice {
+	if opt.Protocol == ProtocolAzure && opt.Azure.Identity == IdentityPerDevice {
 		return NewFleet(opt, q)
 	}
 	return New(opt, q)
@@ -91,7 +91,7 @@ type parkingQueue interface {
 // forwarding from q.
 func NewFleet(opt Options, q queue) (*Fleet, error) {
 	gw := opt
-	gw.Azure.Identity = IdentityGW // the gateway's own connection (withDefaults also checks the device keys)
+	gw.Azure.Identity = IdentityGateway // the gateway's own connection (withDefaults also checks the device keys)
 	o, err := gw.withDefaults()
 	if err != nil {
 		return nil, err
@@ -111,7 +111,7 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	if opt.Azure.SharedAccessKey == "" && len(opt.Azure.DeviceKeys) == 0 {
 		return nil, fmt.Errorf("%w: identity per-device needs device keys or a policy key (X.509 is one identity)", ErrOptions)
 	}
-	f := &Fleet{opt: o, q: pq, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityDevice),
+	f := &Fleet{opt: o, q: pq, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityPerDevice),
 		gate: rate.NewLimiter(defaultConnectRate, defaultConnectBurst),
 		devs: map[string]*devQueue{}, sessions: map[string]*Session{}}
 	if _, err := f.session(""); err != nil { // the gateway's, and a check of the options

@@ -54,7 +54,7 @@ func TestAzurePerDevice(t *testing.T) {
 	var mu sync.Mutex
 	var inbox []string
 	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
 			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key, "leaf-4": testLeaf1Key}},
 		Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
 			mid, _ := props.Get(msg.PropMessageID)
@@ -211,7 +211,7 @@ func TestAzurePerDeviceOutage(t *testing.T) {
 	px := newProxy(t, hub.Addr())
 	q := openStore(t)
 	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + px.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
 			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}})
 	l, err := Open(opt, q)
 	if err != nil {
@@ -458,7 +458,7 @@ func TestFleetParkedEvicted(t *testing.T) {
 func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
 	t.Helper()
 	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
 		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, q)
 	if err != nil {
 		t.Fatal(err)
@@ -480,13 +480,13 @@ func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
 // gateway's identity.
 func TestFleetIdentity(t *testing.T) {
 	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, KeyName: "devices", Identity: IdentityDevice,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, KeyName: "devices", Identity: IdentityPerDevice,
 		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, NotDevices: []string{"dash"}}}, openStore(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityDevice, DeviceKeys: map[string]string{"leaf-1": "!!"}}}
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice, DeviceKeys: map[string]string{"leaf-1": "!!"}}}
 	if _, err := NewFleet(bad, openStore(t)); !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "leaf-1") {
 		t.Errorf("a fleet with a leaf key that is not base64: %v", err)
 	}

@@ -34,7 +34,7 @@ type Session struct {
 
 // Status is a snapshot of a session's state.
 type Status struct {
-	Protocol  string
+	Protocol  Protocol
 	Connected bool
 	// Since is when the current state (connected or not) began.
 	Since time.Time

@@ -100,7 +100,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	if g.cfg.Cloud.Protocol != config.ProtocolNone {
+	if g.cfg.Cloud.Protocol != cloudlink.ProtocolNone {
 		opt, err := g.linkOptions()
 		if err != nil {
 			return err
@@ -176,7 +176,7 @@ func (g *Gateway) hubOptions() hub.Options {
 func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 	c := g.cfg.Cloud
 	opt := cloudlink.Options{
-		Protocol: string(c.Protocol), URL: c.URL,
+		Protocol: c.Protocol, URL: c.URL,
 		ClientID: c.ClientID, Username: c.Username,
 		CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
 		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
@@ -199,14 +199,14 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		}
 		opt.Password = strings.TrimRight(string(pw), "\r\n")
 	}
-	if c.Protocol == config.ProtocolAzure {
+	if c.Protocol == cloudlink.ProtocolAzure {
 		key, err := sasKey("cloud", c.SharedAccessKey, c.SharedAccessKeyFile)
 		if err != nil {
 			return opt, err
 		}
 		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
-			KeyName: c.SharedAccessKeyName, Identity: string(c.Identity), TokenTTL: c.SASTTL}
-		if c.Identity == config.IdentityPerDevice {
+			KeyName: c.SharedAccessKeyName, Identity: c.Identity, TokenTTL: c.SASTTL}
+		if c.Identity == cloudlink.IdentityPerDevice {
 			keys, err := g.deviceKeys()
 			if err != nil {
 				return opt, err

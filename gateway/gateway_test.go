@@ -101,7 +101,7 @@ func TestLinkOptions(t *testing.T) {
 
 	cfg := config.Default()
 	cfg.Gateway.ID = "gw-1"
-	cfg.Cloud.Protocol = config.ProtocolMQTT
+	cfg.Cloud.Protocol = cloudlink.ProtocolMQTT
 	cfg.Cloud.URL = "mqtts://broker:8883"
 	cfg.Cloud.PasswordFile = pw
 	cfg.Cloud.TLS.ServerName = "broker.example"
@@ -110,7 +110,7 @@ func TestLinkOptions(t *testing.T) {
 		t.Fatalf("mqtt linkOptions = %+v, %v", opt, err)
 	}
 
-	cfg.Cloud.Protocol = config.ProtocolAzure
+	cfg.Cloud.Protocol = cloudlink.ProtocolAzure
 	cfg.Cloud.PasswordFile = ""
 	cfg.Cloud.Host, cfg.Cloud.DeviceID = "hub.example", "gw-1"
 	cfg.Cloud.SharedAccessKeyFile, cfg.Cloud.SharedAccessKeyName = key, "gateways"
@@ -130,7 +130,7 @@ func TestLinkOptions(t *testing.T) {
 	// policy key.
 	leafKey := filepath.Join(dir, "leaf.key")
 	os.WriteFile(leafKey, []byte("bGVhZg==\n"), 0o600)
-	cfg.Cloud.Identity = config.IdentityPerDevice
+	cfg.Cloud.Identity = cloudlink.IdentityPerDevice
 	cfg.Devices = []config.Device{{ID: "meter-1", Azure: &config.DeviceAzure{SharedAccessKey: "bWV0ZXI="}}, {ID: "meter-2"}}
 	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "leaf-1"}, Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}, {Client: hub.Client{ID: "dash", ReadAll: true}}}
 	opt, err = New(cfg, nil).linkOptions()
@@ -147,7 +147,7 @@ func TestLinkOptions(t *testing.T) {
 	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "hub.clients[0].azure.shared_access_key_file") {
 		t.Fatalf("missing leaf key file: %v", err)
 	}
-	cfg.Devices, cfg.Hub.Clients, cfg.Cloud.Identity = nil, nil, config.IdentityGateway
+	cfg.Devices, cfg.Hub.Clients, cfg.Cloud.Identity = nil, nil, cloudlink.IdentityGateway
 
 	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
 	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {

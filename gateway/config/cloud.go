@@ -3,6 +3,7 @@ package config
 import (
 	"time"
 
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -10,7 +11,7 @@ import (
 type Cloud struct {
 	// Protocol is mqtt, azure-iothub or none. Default none: buffer only,
 	// nothing is sent (then no other cloud key may be set).
-	Protocol Protocol `yaml:"protocol"`
+	Protocol cloudlink.Protocol `yaml:"protocol"`
 	// URL is the broker, mqtt://host:port (plain TCP) or mqtts://host:port
 	// (TLS; tcp://, ssl:// and tls:// are accepted too). Required for mqtt;
 	// optional for azure-iothub, where it defaults to mqtts://HOST:8883. It
@@ -57,7 +58,7 @@ type Cloud struct {
 	// connection, their id in a property) or per-device (each device and
 	// hub client carries its own azure: {shared_access_key...} and gets its
 	// own connection). Default gateway.
-	Identity Identity `yaml:"identity"`
+	Identity cloudlink.Identity `yaml:"identity"`
 }
 
 // CloudTLS configures TLS to the upstream. The server is verified against
@@ -81,25 +82,6 @@ type Pack struct {
 	// when packing is on.
 	MaxDelay time.Duration `yaml:"max_delay"`
 }
-
-// Protocol names an upstream dialect.
-type Protocol string
-
-// Protocols.
-const (
-	ProtocolNone  Protocol = "none"
-	ProtocolMQTT  Protocol = "mqtt"
-	ProtocolAzure Protocol = "azure-iothub"
-)
-
-// Identity says how leaf devices appear in IoT Hub.
-type Identity string
-
-// Identities.
-const (
-	IdentityGateway   Identity = "gateway"
-	IdentityPerDevice Identity = "per-device"
-)
 
 // Derived defaults for the cloud section.
 const (

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
@@ -145,9 +146,9 @@ func (c *Config) setDefaults() {
 	c.Hub.Config = hub.DefaultConfig()
 	c.HTTP.Listen = DefaultHTTPListen
 	c.Store = store.DefaultConfig()
-	c.Cloud.Protocol = ProtocolNone
+	c.Cloud.Protocol = cloudlink.ProtocolNone
 	c.Cloud.Keepalive = DefaultKeepalive
-	c.Cloud.Identity = IdentityGateway
+	c.Cloud.Identity = cloudlink.IdentityGateway
 	c.Commands.TTL = DefaultCommandTTL
 }
 
@@ -193,11 +194,11 @@ func (c *Config) fillDerived() {
 	}
 	if c.Cloud.MaxInflight == 0 {
 		c.Cloud.MaxInflight = DefaultCloudInflight
-		if c.Cloud.Protocol == ProtocolAzure {
+		if c.Cloud.Protocol == cloudlink.ProtocolAzure {
 			c.Cloud.MaxInflight = DefaultAzureInflight
 		}
 	}
-	if c.Cloud.Protocol != ProtocolAzure {
+	if c.Cloud.Protocol != cloudlink.ProtocolAzure {
 		return
 	}
 	if c.Cloud.DeviceID == "" {

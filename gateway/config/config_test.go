@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
@@ -21,7 +22,7 @@ func TestExampleValidates(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Example does not validate:\n%v", err)
 	}
-	if c.Gateway.ID != "gw-01" || c.Cloud.Protocol != ProtocolMQTT || len(c.Hub.Clients) != 1 {
+	if c.Gateway.ID != "gw-01" || c.Cloud.Protocol != cloudlink.ProtocolMQTT || len(c.Hub.Clients) != 1 {
 		t.Errorf("Example parsed to %+v", c)
 	}
 }
@@ -34,7 +35,7 @@ func TestDefault(t *testing.T) {
 			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100}},
 		HTTP:     HTTP{Listen: "127.0.0.1:9180"},
 		Store:    store.Config{MaxBytes: 512 << 20, WhenFull: store.DropOldest, TTL: 168 * time.Hour},
-		Cloud:    Cloud{Protocol: ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: IdentityGateway},
+		Cloud:    Cloud{Protocol: cloudlink.ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway},
 		Commands: Commands{TTL: time.Hour},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -168,8 +169,8 @@ func TestEveryKey(t *testing.T) {
 			Clients: []Client{{Client: hub.Client{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true}, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
 		HTTP:  HTTP{Listen: "[::1]:9999"},
 		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
-		Cloud: Cloud{Protocol: ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
-			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: IdentityPerDevice,
+		Cloud: Cloud{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
+			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: cloudlink.IdentityPerDevice,
 			TLS: CloudTLS{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,
 			Pack: Pack{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
 		Commands: Commands{TTL: 10 * time.Second},
@@ -198,9 +199,9 @@ func TestEveryKeyMQTT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Cloud{Protocol: ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
+	want := Cloud{Protocol: cloudlink.ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
 		PasswordFile: "/etc/outpost/pw", Pack: Pack{MaxBytes: 8000, MaxDelay: 500 * time.Millisecond},
-		MaxInflight: 64, Keepalive: 30 * time.Second, Identity: IdentityGateway}
+		MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway}
 	if c.Cloud != want {
 		t.Errorf("cloud = %+v\nwant    %+v", c.Cloud, want)
 	}
@@ -212,7 +213,7 @@ func TestAzureDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := c.Cloud
-	if cl.DeviceID != "gw-3" || cl.URL != "mqtts://h.azure-devices.net:8883" || cl.MaxInflight != 16 || cl.SASTTL != time.Hour || cl.Identity != IdentityGateway {
+	if cl.DeviceID != "gw-3" || cl.URL != "mqtts://h.azure-devices.net:8883" || cl.MaxInflight != 16 || cl.SASTTL != time.Hour || cl.Identity != cloudlink.IdentityGateway {
 		t.Errorf("azure defaults: %+v", cl)
 	}
 	if s := c.Summary(); !strings.Contains(s, "cloud azure-iothub h.azure-devices.net as gw-3 (gateway identity)") {
@@ -284,7 +285,7 @@ devices: [{id: d, other: {}, azure: {shared_access_key: "c2VjcmV0LWtleQ=="}}]
 	// The summary of a code-built config with secrets set.
 	c := Default()
 	c.Gateway.ID = "gw"
-	c.Cloud = Cloud{Protocol: ProtocolMQTT, URL: "mqtt://u:s3cr3t-pw@h:1883/?tok=xyz", PasswordFile: "/p"}
+	c.Cloud = Cloud{Protocol: cloudlink.ProtocolMQTT, URL: "mqtt://u:s3cr3t-pw@h:1883/?tok=xyz", PasswordFile: "/p"}
 	if s := c.Summary(); strings.Contains(s, "s3cr3t") || strings.Contains(s, "xyz") || !strings.Contains(s, "mqtt://h:1883") {
 		t.Errorf("Summary() = %s", s)
 	}

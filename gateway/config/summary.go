@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -36,9 +37,9 @@ func (c *Config) Summary() string {
 	}
 	fmt.Fprintf(&b, ", store %v %s", c.Store.MaxBytes, c.Store.WhenFull)
 	switch cl := c.Cloud; cl.Protocol {
-	case ProtocolMQTT:
+	case cloudlink.ProtocolMQTT:
 		fmt.Fprintf(&b, ", cloud %s", redactURL(cl.URL))
-	case ProtocolAzure:
+	case cloudlink.ProtocolAzure:
 		fmt.Fprintf(&b, ", cloud azure-iothub %s as %s (%s identity)", cl.Host, cl.DeviceID, cl.Identity)
 	default:
 		b.WriteString(", cloud none (buffer only)")

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -232,7 +233,7 @@ func (v *validator) codeBuiltAdapter(p string, d Device) {
 // deviceAzure checks a device's or client's own IoT Hub identity.
 func (v *validator) deviceAzure(p string, a *DeviceAzure) {
 	cl := v.c.Cloud
-	perDevice := cl.Protocol == ProtocolAzure && cl.Identity == IdentityPerDevice
+	perDevice := cl.Protocol == cloudlink.ProtocolAzure && cl.Identity == cloudlink.IdentityPerDevice
 	if !perDevice || !v.ok("cloud.protocol") || !v.ok("cloud.identity") {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -20,12 +21,12 @@ func (v *validator) cloud() {
 		return // the protocol decides everything else
 	}
 	switch c.Protocol {
-	case ProtocolNone:
+	case cloudlink.ProtocolNone:
 		v.cloudNone()
 		return
-	case ProtocolMQTT:
+	case cloudlink.ProtocolMQTT:
 		v.cloudMQTT()
-	case ProtocolAzure:
+	case cloudlink.ProtocolAzure:
 		v.cloudAzure()
 	default:
 		v.errorf("cloud.protocol", "cloud.protocol: unknown protocol %q (want mqtt, azure-iothub or none)", c.Protocol)
@@ -53,7 +54,7 @@ func (v *validator) cloud() {
 		v.errorf("cloud.pack.max_delay", "cloud.pack.max_delay is set but packing is off (cloud.pack.max_bytes is 0)")
 	case c.Pack.MaxBytes > 0 && c.Pack.MaxDelay <= 0:
 		v.errorf("cloud.pack.max_delay", "cloud.pack.max_delay must be positive, got %v", c.Pack.MaxDelay)
-	case c.Protocol == ProtocolAzure && c.Pack.MaxBytes > 256*msg.KiB:
+	case c.Protocol == cloudlink.ProtocolAzure && c.Pack.MaxBytes > 256*msg.KiB:
 		v.errorf("cloud.pack.max_bytes", "cloud.pack.max_bytes %v is over IoT Hub's 256 KiB message cap", c.Pack.MaxBytes)
 	}
 }
@@ -78,7 +79,7 @@ func (v *validator) cloudNone() {
 	}
 }
 
-func (v *validator) notFor(keys []string, proto Protocol) {
+func (v *validator) notFor(keys []string, proto cloudlink.Protocol) {
 	for _, k := range keys {
 		if v.c.where.has("cloud." + k) {
 			v.errorf("cloud."+k, "cloud.%s is not used with protocol %s", k, proto)
@@ -88,7 +89,7 @@ func (v *validator) notFor(keys []string, proto Protocol) {
 
 func (v *validator) cloudMQTT() {
 	c := v.c.Cloud
-	v.notFor(azureOnly, ProtocolMQTT)
+	v.notFor(azureOnly, cloudlink.ProtocolMQTT)
 	if c.URL == "" {
 		v.errorf("cloud.url", "cloud.url is required with protocol mqtt (e.g. mqtts://broker.example:8883)")
 		return
@@ -109,7 +110,7 @@ func (v *validator) cloudMQTT() {
 
 func (v *validator) cloudAzure() {
 	c := v.c.Cloud
-	v.notFor(mqttOnly, ProtocolAzure)
+	v.notFor(mqttOnly, cloudlink.ProtocolAzure)
 	switch {
 	case c.Host == "":
 		v.errorf("cloud.host", "cloud.host is required with protocol azure-iothub (e.g. myhub.azure-devices.net)")
@@ -149,7 +150,7 @@ func (v *validator) cloudAzure() {
 		v.errorf("cloud.sas_ttl", "cloud.sas_ttl must be at least 1m, got %v", c.SASTTL)
 	}
 	switch c.Identity {
-	case IdentityGateway, IdentityPerDevice:
+	case cloudlink.IdentityGateway, cloudlink.IdentityPerDevice:
 	default:
 		v.errorf("cloud.identity", "cloud.identity: unknown identity %q (want gateway or per-device)", c.Identity)
 	}

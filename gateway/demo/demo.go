@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/outpost-iot/outpost/adapters/sim"
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway"
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/hub"
@@ -83,7 +84,7 @@ func Run(ctx context.Context, opt Options) (Summary, error) {
 	cfg.Hub.Listen = "127.0.0.1:0"
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "leaf-1", PasswordHash: string(hash), Priority: msg.Normal}}}
-	cfg.Cloud.Protocol = config.ProtocolMQTT
+	cfg.Cloud.Protocol = cloudlink.ProtocolMQTT
 	cfg.Cloud.URL = "mqtt://" + up.addr
 	cfg.Cloud.ClientID = "demo-gw"
 	cfg.Cloud.MaxInflight = config.DefaultCloudInflight
