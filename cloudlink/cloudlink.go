@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
@@ -215,7 +214,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ReplayRate < 0 {
 		bad("replay_rate %v: must be ≥ 0", o.ReplayRate)
 	}
-	if o.MaxInflight < 0 || o.MaxInflight > 65535 {
+	if o.MaxInflight != 0 && !inflightOK(o.MaxInflight) { // 0: the protocol's default
 		bad("max_inflight %d: want 1..65535", o.MaxInflight)
 	}
 	if o.C2DTopic == "" {
@@ -297,7 +296,7 @@ func (o Options) withDefaults() (Options, error) {
 			bad("url %q is plain TCP but tls files are set (use mqtts://)", o.URL)
 		}
 	}
-	if (o.CertFile == "") != (o.KeyFile == "") {
+	if !tlsPairOK(o.CertFile, o.KeyFile) {
 		bad("tls cert_file and key_file go together")
 	}
 	if p := &o.Pack; p.MaxBytes != 0 {
@@ -325,13 +324,13 @@ func brokerAddr(raw string) (addr string, useTLS bool, err error) {
 	if err != nil {
 		return "", false, fmt.Errorf("url %q: %w", raw, err)
 	}
-	port := "1883"
-	switch strings.ToLower(u.Scheme) {
-	case "mqtt", "tcp":
-	case "mqtts", "ssl", "tls":
-		useTLS, port = true, "8883"
-	default:
+	useTLS, known := brokerScheme(u.Scheme)
+	if !known {
 		return "", false, fmt.Errorf("url %q: scheme %q: want mqtt:// or mqtts://", raw, u.Scheme)
+	}
+	port := "1883"
+	if useTLS {
+		port = "8883"
 	}
 	if u.Hostname() == "" {
 		return "", false, fmt.Errorf("url %q: no host", raw)

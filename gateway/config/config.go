@@ -29,13 +29,13 @@ import (
 // Config is one parsed and validated config file. It is plain data: the
 // runtime state of the parts it configures lives elsewhere.
 type Config struct {
-	Gateway  Gateway      `yaml:"gateway"`
-	Hub      Hub          `yaml:"hub"`
-	HTTP     HTTP         `yaml:"http"`
-	Store    store.Config `yaml:"store"`
-	Cloud    Cloud        `yaml:"cloud"`
-	Commands Commands     `yaml:"commands"`
-	Devices  []Device     `yaml:"devices"`
+	Gateway  Gateway          `yaml:"gateway"`
+	Hub      Hub              `yaml:"hub"`
+	HTTP     HTTP             `yaml:"http"`
+	Store    store.Config     `yaml:"store"`
+	Cloud    cloudlink.Config `yaml:"cloud"`
+	Commands Commands         `yaml:"commands"`
+	Devices  []Device         `yaml:"devices"`
 
 	// File is the name the config was parsed under ("" for Default).
 	File string `yaml:"-"`
@@ -124,12 +124,9 @@ type DeviceAzure struct {
 
 // Defaults.
 const (
-	DefaultDataDir       = "/var/lib/outpost"
-	DefaultHTTPListen    = "127.0.0.1:9180"
-	DefaultCommandTTL    = time.Hour
-	DefaultCloudInflight = 64
-	DefaultAzureInflight = 16
-	DefaultKeepalive     = 30 * time.Second
+	DefaultDataDir    = "/var/lib/outpost"
+	DefaultHTTPListen = "127.0.0.1:9180"
+	DefaultCommandTTL = time.Hour
 )
 
 // Default returns a config holding every default. Gateway.ID is empty:
@@ -146,9 +143,7 @@ func (c *Config) setDefaults() {
 	c.Hub.Config = hub.DefaultConfig()
 	c.HTTP.Listen = DefaultHTTPListen
 	c.Store = store.DefaultConfig()
-	c.Cloud.Protocol = cloudlink.ProtocolNone
-	c.Cloud.Keepalive = DefaultKeepalive
-	c.Cloud.Identity = cloudlink.IdentityGateway
+	c.Cloud = cloudlink.DefaultConfig()
 	c.Commands.TTL = DefaultCommandTTL
 }
 
@@ -188,29 +183,7 @@ func Parse(file string, data []byte) (*Config, error) {
 }
 
 // fillDerived sets defaults that depend on other keys.
-func (c *Config) fillDerived() {
-	if c.Cloud.Pack.MaxBytes > 0 && c.Cloud.Pack.MaxDelay == 0 {
-		c.Cloud.Pack.MaxDelay = DefaultPackMaxDelay
-	}
-	if c.Cloud.MaxInflight == 0 {
-		c.Cloud.MaxInflight = DefaultCloudInflight
-		if c.Cloud.Protocol == cloudlink.ProtocolAzure {
-			c.Cloud.MaxInflight = DefaultAzureInflight
-		}
-	}
-	if c.Cloud.Protocol != cloudlink.ProtocolAzure {
-		return
-	}
-	if c.Cloud.DeviceID == "" {
-		c.Cloud.DeviceID = c.Gateway.ID
-	}
-	if c.Cloud.URL == "" && c.Cloud.Host != "" {
-		c.Cloud.URL = "mqtts://" + c.Cloud.Host + ":" + AzurePort
-	}
-	if c.Cloud.SASTTL == 0 && (c.Cloud.SharedAccessKey != "" || c.Cloud.SharedAccessKeyFile != "") {
-		c.Cloud.SASTTL = DefaultSASTTL
-	}
-}
+func (c *Config) fillDerived() { c.Cloud = c.Cloud.WithDerived(c.Gateway.ID) }
 
 // Pos returns "FILE:LINE:COL" for a key path such as "devices[2]" or
 // "hub.listen" (the nearest enclosing key written in the file), or just

@@ -35,7 +35,7 @@ func TestDefault(t *testing.T) {
 			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100}},
 		HTTP:     HTTP{Listen: "127.0.0.1:9180"},
 		Store:    store.Config{MaxBytes: 512 << 20, WhenFull: store.DropOldest, TTL: 168 * time.Hour},
-		Cloud:    Cloud{Protocol: cloudlink.ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway},
+		Cloud:    cloudlink.Config{Protocol: cloudlink.ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway},
 		Commands: Commands{TTL: time.Hour},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -85,7 +85,7 @@ func TestFullSample(t *testing.T) {
 	if c.Hub.TLS.ClientCAFile != "/etc/outpost/ca.crt" || c.Hub.TLSListen != ":8883" || c.Hub.SessionExpiry != 2*time.Hour {
 		t.Errorf("hub = %+v", c.Hub)
 	}
-	if c.Cloud.Pack != (Pack{MaxBytes: 4096, MaxDelay: 2 * time.Second}) || c.Cloud.ReplayRate != 500 || c.Cloud.Keepalive != 45*time.Second {
+	if c.Cloud.Pack != (cloudlink.PackConfig{MaxBytes: 4096, MaxDelay: 2 * time.Second}) || c.Cloud.ReplayRate != 500 || c.Cloud.Keepalive != 45*time.Second {
 		t.Errorf("cloud = %+v", c.Cloud)
 	}
 	if c.Commands.TTL != 30*time.Minute {
@@ -169,10 +169,10 @@ func TestEveryKey(t *testing.T) {
 			Clients: []Client{{Client: hub.Client{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true}, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
 		HTTP:  HTTP{Listen: "[::1]:9999"},
 		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
-		Cloud: Cloud{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
+		Cloud: cloudlink.Config{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
 			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: cloudlink.IdentityPerDevice,
-			TLS: CloudTLS{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,
-			Pack: Pack{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
+			TLS: cloudlink.TLSConfig{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,
+			Pack: cloudlink.PackConfig{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
 		Commands: Commands{TTL: 10 * time.Second},
 		Devices: []Device{{ID: "d1", Priority: msg.Low, Kind: "other", Adapter: &otherConfig{Port: "p"},
 			Azure: &DeviceAzure{SharedAccessKeyFile: "/k"}}},
@@ -199,8 +199,8 @@ func TestEveryKeyMQTT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Cloud{Protocol: cloudlink.ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
-		PasswordFile: "/etc/outpost/pw", Pack: Pack{MaxBytes: 8000, MaxDelay: 500 * time.Millisecond},
+	want := cloudlink.Config{Protocol: cloudlink.ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
+		PasswordFile: "/etc/outpost/pw", Pack: cloudlink.PackConfig{MaxBytes: 8000, MaxDelay: 500 * time.Millisecond},
 		MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway}
 	if c.Cloud != want {
 		t.Errorf("cloud = %+v\nwant    %+v", c.Cloud, want)
@@ -285,7 +285,7 @@ devices: [{id: d, other: {}, azure: {shared_access_key: "c2VjcmV0LWtleQ=="}}]
 	// The summary of a code-built config with secrets set.
 	c := Default()
 	c.Gateway.ID = "gw"
-	c.Cloud = Cloud{Protocol: cloudlink.ProtocolMQTT, URL: "mqtt://u:s3cr3t-pw@h:1883/?tok=xyz", PasswordFile: "/p"}
+	c.Cloud = cloudlink.Config{Protocol: cloudlink.ProtocolMQTT, URL: "mqtt://u:s3cr3t-pw@h:1883/?tok=xyz", PasswordFile: "/p"}
 	if s := c.Summary(); strings.Contains(s, "s3cr3t") || strings.Contains(s, "xyz") || !strings.Contains(s, "mqtt://h:1883") {
 		t.Errorf("Summary() = %s", s)
 	}

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"net/url"
 	"strings"
 
 	"github.com/outpost-iot/outpost/cloudlink"
@@ -38,7 +37,7 @@ func (c *Config) Summary() string {
 	fmt.Fprintf(&b, ", store %v %s", c.Store.MaxBytes, c.Store.WhenFull)
 	switch cl := c.Cloud; cl.Protocol {
 	case cloudlink.ProtocolMQTT:
-		fmt.Fprintf(&b, ", cloud %s", redactURL(cl.URL))
+		fmt.Fprintf(&b, ", cloud %s", cloudlink.RedactURL(cl.URL))
 	case cloudlink.ProtocolAzure:
 		fmt.Fprintf(&b, ", cloud azure-iothub %s as %s (%s identity)", cl.Host, cl.DeviceID, cl.Identity)
 	default:
@@ -86,22 +85,4 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
-}
-
-// redactURL drops user info, query and fragment from a URL for printing.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		// Cut anything that could hold a secret.
-		if i := strings.LastIndex(raw, "@"); i >= 0 {
-			raw = raw[i+1:]
-		}
-		if i := strings.IndexAny(raw, "?#"); i >= 0 {
-			raw = raw[:i]
-		}
-		return raw
-	}
-	u.User = nil
-	u.RawQuery, u.Fragment, u.RawFragment = "", "", ""
-	return u.String()
 }

@@ -1,12 +1,9 @@
 package config
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/outpost-iot/outpost/adapters"
@@ -249,41 +246,8 @@ func (v *validator) deviceAzure(p string, a *DeviceAzure) {
 		return
 	}
 	if a.SharedAccessKey != "" {
-		v.checkKey(p+".azure.shared_access_key", a.SharedAccessKey)
-	}
-}
-
-func (v *validator) checkKey(path, key string) {
-	if b, err := base64.StdEncoding.DecodeString(key); err != nil || len(b) == 0 {
-		v.errorf(path, "%s is not a base64 key", path)
-	}
-}
-
-// cloudURL checks an upstream broker URL and reports whether it uses TLS.
-func (v *validator) cloudURL(path, raw string) (secure bool) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || u.Opaque != "" {
-		v.errorf(path, "%s: bad broker URL %q: want mqtts://host:port or mqtt://host:port", path, redactURL(raw))
-		return true
-	}
-	switch u.Scheme {
-	case "mqtts", "ssl", "tls":
-		secure = true
-	case "mqtt", "tcp":
-	default:
-		v.errorf(path, "%s: unknown scheme %q in %q (want mqtts://, or mqtt:// for plain TCP)", path, u.Scheme, redactURL(raw))
-		return true
-	}
-	if _, pw := u.User.Password(); pw {
-		v.errorf(path, "%s must not carry a password: put it in cloud.password_file", path)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			v.errorf(path, "%s: bad port %q", path, p)
+		if err := cloudlink.ValidKey(a.SharedAccessKey); err != nil {
+			v.errorf(p+".azure.shared_access_key", "%s.azure.shared_access_key %v", p, err)
 		}
 	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		v.errorf(path, "%s: a broker URL has no path or query, got %q", path, redactURL(raw))
-	}
-	return secure
 }

@@ -87,7 +87,7 @@ func Run(ctx context.Context, opt Options) (Summary, error) {
 	cfg.Cloud.Protocol = cloudlink.ProtocolMQTT
 	cfg.Cloud.URL = "mqtt://" + up.addr
 	cfg.Cloud.ClientID = "demo-gw"
-	cfg.Cloud.MaxInflight = config.DefaultCloudInflight
+	cfg.Cloud.MaxInflight = cloudlink.DefaultCloudInflight
 	cfg.Devices = []config.Device{
 		{ID: "meter-1", Priority: msg.Normal, Kind: "sim", Adapter: &sim.Config{Interval: 100 * time.Millisecond, Setpoint: 20}},
 		{ID: "thermo-1", Priority: msg.Low, Kind: "sim", Adapter: &sim.Config{Mode: "sensor", Interval: 250 * time.Millisecond, FailEvery: 10}},
