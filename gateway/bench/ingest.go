@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
 )
@@ -297,21 +298,13 @@ func ingestConnect(addr, id, password string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	str := func(b []byte, s string) []byte { return append(binary.BigEndian.AppendUint16(b, uint16(len(s))), s...) }
-	flags := byte(0x02)
-	body := str(nil, "MQTT")
+	user := ""
 	if password != "" {
-		flags |= 0xC0
+		user = id
 	}
-	body = append(body, 4, flags, 0, 60)
-	body = str(body, id)
-	if password != "" {
-		body = str(body, id)
-		body = str(body, password)
-	}
-	pkt := append([]byte{0x10}, ingestVarint(len(body))...)
+	pkt := mqttwire.Connect(4, 60, id, user, password)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(append(pkt, body...)); err != nil {
+	if _, err := c.Write(pkt); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -326,21 +319,6 @@ func ingestConnect(addr, id, password string) (net.Conn, error) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
-}
-
-func ingestVarint(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
 }
 
 // ingestPublisher keeps inflight QoS 1 publishes outstanding on c until stop,
@@ -371,14 +349,8 @@ func ingestPublisher(c net.Conn, topic string, payload []byte, inflight int, sto
 			tokens <- struct{}{}
 		}
 	}()
-	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
-	body = append(body, topic...)
-	pidAt := len(body)
-	body = append(body, 0, 0)
-	body = append(body, payload...)
-	pkt := append([]byte{0x32}, ingestVarint(len(body))...)
-	pidAt += len(pkt)
-	pkt = append(pkt, body...)
+	pkt := mqttwire.Publish(4, topic, 0, payload)
+	pidAt := len(pkt) - len(payload) - 2 // the packet id, just before the payload
 	w := bufio.NewWriterSize(c, 64<<10)
 	pid := uint16(0)
 	for {
