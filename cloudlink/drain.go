@@ -13,7 +13,12 @@ type pacer struct {
 }
 
 func newPacer(rate float64, burst int) *pacer {
-	return &pacer{rate: rate, burst: float64(burst), tokens: min(float64(burst), max(rate, 1)), last: time.Now(), now: time.Now}
+	return newPacerAt(rate, burst, time.Now)
+}
+
+// newPacerAt is newPacer on the clock now.
+func newPacerAt(rate float64, burst int, now func() time.Time) *pacer {
+	return &pacer{rate: rate, burst: float64(burst), tokens: min(float64(burst), max(rate, 1)), last: now(), now: now}
 }
 
 // take takes up to want tokens without waiting. It returns how many it took
