@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
 
@@ -37,8 +38,8 @@ func writeAll(c net.Conn, bs ...[]byte) error {
 func big(n int) []byte { return bytes.Repeat([]byte{'z'}, n) }
 
 func evils(id string) []evil {
-	connect4 := connectPacket(4, id, id, password(id))
-	connect5 := connectPacket(5, id, id, password(id))
+	connect4 := mqttwire.Connect(4, 30, id, id, password(id))
+	connect5 := mqttwire.Connect(5, 30, id, id, password(id))
 	topic := "devices/" + id + "/messages/events/"
 	return []evil{
 		{"garbage", func(c net.Conn, r *rand.Rand) error {
@@ -49,51 +50,51 @@ func evils(id string) []evil {
 			return writeAll(c, b)
 		}},
 		{"connect-claims-256MB", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, []byte{0x10}, remLen(268_435_455), big(64<<10))
+			return writeAll(c, []byte{0x10}, mqttwire.Varint(268_435_455), big(64<<10))
 		}},
 		{"connect-bad-protocol", func(c net.Conn, r *rand.Rand) error {
-			b := append(mqttString("MQXX"), 9, 0xC2, 0, 30)
-			return writeAll(c, packet(0x10, b))
+			b := append(mqttwire.String("MQXX"), 9, 0xC2, 0, 30)
+			return writeAll(c, mqttwire.Packet(0x10, b))
 		}},
 		{"connect-truncated", func(c net.Conn, r *rand.Rand) error {
 			return writeAll(c, connect4[:len(connect4)/2])
 		}},
 		{"wrong-password", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connectPacket(4, id, id, "wrong"))
+			return writeAll(c, mqttwire.Connect(4, 30, id, id, "wrong"))
 		}},
 		{"publish-before-connect", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, publishPacket(topic, 1, []byte("x")))
+			return writeAll(c, mqttwire.Publish(4, topic, 1, []byte("x")))
 		}},
 		{"publish-oversized-v311", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, publishPacket(topic, 1, big(300<<10)))
+			return writeAll(c, connect4, mqttwire.Publish(4, topic, 1, big(300<<10)))
 		}},
 		{"publish-oversized-v5-stream", func(c net.Conn, r *rand.Rand) error {
 			// MQTT 5 refusals keep the connection: many in a row.
 			var b []byte
 			b = append(b, connect5...)
 			for i := range 32 {
-				body := append(mqttString(topic), 0, byte(i+1), 0) // pid, no properties
-				b = append(b, packet(0x32, append(body, big(300<<10)...))...)
+				body := append(mqttwire.String(topic), 0, byte(i+1), 0) // pid, no properties
+				b = append(b, mqttwire.Packet(0x32, append(body, big(300<<10)...))...)
 			}
 			return writeAll(c, b)
 		}},
 		{"publish-claims-200MB", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, []byte{0x32}, remLen(200<<20), mqttString(topic), []byte{0, 1}, big(128<<10))
+			return writeAll(c, connect4, []byte{0x32}, mqttwire.Varint(200<<20), mqttwire.String(topic), []byte{0, 1}, big(128<<10))
 		}},
 		{"publish-topic-overruns", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, packet(0x32, []byte{0xFF, 0xFF, 'd', 'e', 'v'}))
+			return writeAll(c, connect4, mqttwire.Packet(0x32, []byte{0xFF, 0xFF, 'd', 'e', 'v'}))
 		}},
 		{"publish-qos3", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, packet(0x36, append(mqttString(topic), 0, 1, 'x')))
+			return writeAll(c, connect4, mqttwire.Packet(0x36, append(mqttwire.String(topic), 0, 1, 'x')))
 		}},
 		{"publish-other-device", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, publishPacket("devices/paho-1/messages/events/$.mid=spoof-1", 1, []byte("spoof")))
+			return writeAll(c, connect4, mqttwire.Publish(4, "devices/paho-1/messages/events/$.mid=spoof-1", 1, []byte("spoof")))
 		}},
 		{"publish-not-events", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect4, publishPacket("$SYS/evil", 1, []byte("x")), publishPacket("#", 1, []byte("x")))
+			return writeAll(c, connect4, mqttwire.Publish(4, "$SYS/evil", 1, []byte("x")), mqttwire.Publish(4, "#", 1, []byte("x")))
 		}},
 		{"subscribe-truncated-v5", func(c net.Conn, r *rand.Rand) error {
-			return writeAll(c, connect5, packet(0x82, []byte{0, 1, 5, 0x0B}))
+			return writeAll(c, connect5, mqttwire.Packet(0x82, []byte{0, 1, 5, 0x0B}))
 		}},
 		{"reserved-packet-types", func(c net.Conn, r *rand.Rand) error {
 			return writeAll(c, connect4, []byte{0x00, 0x00, 0xF0, 0x00})

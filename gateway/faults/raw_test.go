@@ -1,65 +1,16 @@
 package faults
 
 import (
-	"bytes"
-	"encoding/binary"
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 )
 
-// Raw MQTT packets for tests that need bytes no well-behaved client sends.
-
-// remLen encodes an MQTT remaining length (any value up to 268,435,455).
-func remLen(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-func mqttString(s string) []byte {
-	b := binary.BigEndian.AppendUint16(nil, uint16(len(s)))
-	return append(b, s...)
-}
-
-// packet frames a control packet: first byte, remaining length, body.
-func packet(first byte, body []byte) []byte {
-	return append(append([]byte{first}, remLen(len(body))...), body...)
-}
-
-// connectPacket is a CONNECT with clean session, username and password;
-// version 4 is MQTT 3.1.1, 5 is MQTT 5 (with an empty property block).
-func connectPacket(version byte, id, user, pass string) []byte {
-	var b bytes.Buffer
-	b.Write(mqttString("MQTT"))
-	b.WriteByte(version)
-	b.WriteByte(0xC2)      // username, password, clean session
-	b.Write([]byte{0, 30}) // keep-alive 30 s
-	if version == 5 {
-		b.WriteByte(0) // no properties
-	}
-	b.Write(mqttString(id))
-	b.Write(mqttString(user))
-	b.Write(mqttString(pass))
-	return packet(0x10, b.Bytes())
-}
-
-// publishPacket is a QoS 1 PUBLISH (MQTT 3.1.1 layout).
-func publishPacket(topic string, pid uint16, payload []byte) []byte {
-	b := mqttString(topic)
-	b = binary.BigEndian.AppendUint16(b, pid)
-	return packet(0x32, append(b, payload...))
-}
+// Raw MQTT connections for tests that need bytes no well-behaved client
+// sends; the packets are built with mqttwire.
 
 // dialMQTT connects, sends CONNECT and returns the connection once the
 // CONNACK accepted it.
@@ -70,7 +21,7 @@ func dialMQTT(t *testing.T, addr string, version byte, id string) net.Conn {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(connectPacket(version, id, id, password(id))); err != nil {
+	if _, err := c.Write(mqttwire.Connect(version, 30, id, id, password(id))); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -147,8 +148,8 @@ func subscribeRaw5(t *testing.T, addr, id string) net.Conn {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetReadBuffer(64 << 10)
 	}
-	sub := append([]byte{0, 1, 0}, mqttString("devices/"+id+"/messages/devicebound/#")...)
-	if _, err := c.Write(packet(0x82, append(sub, 1))); err != nil {
+	sub := append([]byte{0, 1, 0}, mqttwire.String("devices/"+id+"/messages/devicebound/#")...)
+	if _, err := c.Write(mqttwire.Packet(0x82, append(sub, 1))); err != nil {
 		t.Fatal(err)
 	}
 	if typ, body := readPacket(t, c); typ>>4 != 9 || body[len(body)-1] != 1 {

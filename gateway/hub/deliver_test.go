@@ -7,6 +7,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -95,7 +96,7 @@ func TestDeliverResentAfterUnackedDisconnect(t *testing.T) {
 	if err := h.Deliver("leaf-1", msg.Props{{Key: msg.PropMessageID, Value: "c3"}}, []byte("again"), done); err != nil {
 		t.Fatal(err)
 	}
-	sub := packet(0x82, append([]byte{0, 1, 0}, append(mqttString("devices/leaf-1/messages/devicebound/#"), 1)...))
+	sub := mqttwire.Packet(0x82, append([]byte{0, 1, 0}, append(mqttwire.String("devices/leaf-1/messages/devicebound/#"), 1)...))
 	for round := 1; round <= 2; round++ {
 		c := rawConnect5(t, h.Addr(), "leaf-1")
 		if _, err := c.Write(sub); err != nil {

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 )
 
 var (
@@ -20,9 +22,9 @@ func FuzzHubPackets(f *testing.F) {
 	f.Add(append([]byte{1}, truncatedSubscribe5...))
 	f.Add(append([]byte{1}, publish5("devices/leaf-2/messages/events/a=1", 1, []byte("x"))...))
 	f.Add(append([]byte{0}, publish4("devices/leaf-2/messages/events/", 1, []byte("x"))...))
-	f.Add(append([]byte{0}, packet(0x82, append([]byte{0, 1}, append(mqttString("devices/leaf-2/messages/devicebound/#"), 1)...))...))
-	f.Add(append([]byte{1}, packet(0x34, append(mqttString("devices/leaf-2/messages/events/"), 0, 9, 0))...)) // QoS 2
-	f.Add(append([]byte{1}, packet(0x30, append(mqttString("devices/leaf-2/messages/events/"), 0x02, 0x23, 0x00))...))
+	f.Add(append([]byte{0}, mqttwire.Packet(0x82, append([]byte{0, 1}, append(mqttwire.String("devices/leaf-2/messages/devicebound/#"), 1)...))...))
+	f.Add(append([]byte{1}, mqttwire.Packet(0x34, append(mqttwire.String("devices/leaf-2/messages/events/"), 0, 9, 0))...)) // QoS 2
+	f.Add(append([]byte{1}, mqttwire.Packet(0x30, append(mqttwire.String("devices/leaf-2/messages/events/"), 0x02, 0x23, 0x00))...))
 	f.Add(append([]byte{0}, 0xC0, 0)) // PINGREQ
 	f.Add(append([]byte{1}, 0xE0, 1, 0x8E))
 	f.Add([]byte{1, 0x82, 0xFF, 0xFF, 0xFF, 0x7F})

@@ -2,10 +2,8 @@ package hub
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -18,6 +16,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -164,40 +163,10 @@ func mustPaho(t testing.TB, addr, id string, mod func(*paho.ClientOptions)) paho
 	return c
 }
 
-// --- raw MQTT 5 packets, for the regression and fuzz tests ---
-
-func mqttString(s string) []byte {
-	b := binary.BigEndian.AppendUint16(nil, uint16(len(s)))
-	return append(b, s...)
-}
-
-func varint(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
-}
-
-func packet(typeFlags byte, body []byte) []byte {
-	return append(append([]byte{typeFlags}, varint(len(body))...), body...)
-}
+// --- raw MQTT packets (mqttwire), for the regression and fuzz tests ---
 
 // connect5 is an MQTT 5 CONNECT with clean start, username and password.
-func connect5(id, user, pass string) []byte {
-	body := append(mqttString("MQTT"), 5, 0xC2, 0, 60, 0)
-	body = append(body, mqttString(id)...)
-	body = append(body, mqttString(user)...)
-	body = append(body, mqttString(pass)...)
-	return packet(0x10, body)
-}
+func connect5(id, user, pass string) []byte { return mqttwire.Connect(5, 60, id, user, pass) }
 
 // rawConn dials addr and sends CONNECT, returning the conn after CONNACK.
 func rawConnect5(t testing.TB, addr, id string) net.Conn {
@@ -229,34 +198,12 @@ func readPacket(t testing.TB, c net.Conn) (byte, []byte) {
 
 func readPacketErr(c net.Conn, timeout time.Duration) (byte, []byte, error) {
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
-	var hdr [1]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n, mul := 0, 1
-	for {
-		var b [1]byte
-		if _, err := io.ReadFull(c, b[:]); err != nil {
-			return 0, nil, err
-		}
-		n += int(b[0]&127) * mul
-		mul *= 128
-		if b[0] < 128 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	_, err := io.ReadFull(c, body)
-	return hdr[0], body, err
+	return mqttwire.ReadPacket(c)
 }
 
 // publish5 is an MQTT 5 PUBLISH with QoS 1 and no properties.
 func publish5(topic string, pid uint16, payload []byte) []byte {
-	body := mqttString(topic)
-	body = binary.BigEndian.AppendUint16(body, pid)
-	body = append(body, 0)
-	body = append(body, payload...)
-	return packet(0x32, body)
+	return mqttwire.Publish(5, topic, pid, payload)
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {
@@ -300,13 +247,7 @@ func (s *shuffleStore) Submit(recs []*msg.Record, done func(error)) {
 }
 
 // connect4 is an MQTT 3.1.1 CONNECT with clean session, username and password.
-func connect4(id, user, pass string) []byte {
-	body := append(mqttString("MQTT"), 4, 0xC2, 0, 60)
-	body = append(body, mqttString(id)...)
-	body = append(body, mqttString(user)...)
-	body = append(body, mqttString(pass)...)
-	return packet(0x10, body)
-}
+func connect4(id, user, pass string) []byte { return mqttwire.Connect(4, 60, id, user, pass) }
 
 func rawConnect4(t testing.TB, addr, id string) net.Conn {
 	t.Helper()
@@ -327,10 +268,7 @@ func rawConnect4(t testing.TB, addr, id string) net.Conn {
 
 // publish4 is an MQTT 3.1.1 PUBLISH with QoS 1.
 func publish4(topic string, pid uint16, payload []byte) []byte {
-	body := mqttString(topic)
-	body = binary.BigEndian.AppendUint16(body, pid)
-	body = append(body, payload...)
-	return packet(0x32, body)
+	return mqttwire.Publish(4, topic, pid, payload)
 }
 
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }

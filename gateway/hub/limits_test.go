@@ -7,6 +7,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 )
 
 func TestConnectionRateLimit(t *testing.T) {
@@ -31,11 +33,11 @@ func TestQoS2Refused(t *testing.T) {
 	st := &fakeStore{}
 	h := startHub(t, st, nil)
 	qos2 := func(pid byte, v5 bool) []byte {
-		b := append(mqttString("devices/leaf-1/messages/events/"), 0, pid)
+		b := append(mqttwire.String("devices/leaf-1/messages/events/"), 0, pid)
 		if v5 {
 			b = append(b, 0) // no properties
 		}
-		return packet(0x34, append(b, 'x'))
+		return mqttwire.Packet(0x34, append(b, 'x'))
 	}
 	// MQTT 5: CONNACK advertises maximum QoS 1; a QoS 2 PUBLISH anyway
 	// gets DISCONNECT 0x9B (QoS not supported).
@@ -73,13 +75,13 @@ func TestWillDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// CONNECT 3.1.1 with will (flags: user, password, will QoS 1, will, clean).
-	body := append(mqttString("MQTT"), 4, 0xCE, 0, 60)
-	body = append(body, mqttString("leaf-1")...)
-	body = append(body, mqttString("devices/leaf-1/messages/events/will=1")...)
-	body = append(body, mqttString("gone")...)
-	body = append(body, mqttString("leaf-1")...)
-	body = append(body, mqttString(testPassword)...)
-	if _, err := c.Write(packet(0x10, body)); err != nil {
+	body := append(mqttwire.String("MQTT"), 4, 0xCE, 0, 60)
+	body = append(body, mqttwire.String("leaf-1")...)
+	body = append(body, mqttwire.String("devices/leaf-1/messages/events/will=1")...)
+	body = append(body, mqttwire.String("gone")...)
+	body = append(body, mqttwire.String("leaf-1")...)
+	body = append(body, mqttwire.String(testPassword)...)
+	if _, err := c.Write(mqttwire.Packet(0x10, body)); err != nil {
 		t.Fatal(err)
 	}
 	if typ, b := readPacket(t, c); typ != 0x20 || b[1] != 0 {

@@ -5,12 +5,14 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 )
 
 // truncatedSubscribe5 is an MQTT 5 SUBSCRIBE whose last filter lacks its
 // options byte: mochi v2.7.9 indexes past the end in
 // packets.SubscribeDecode (upstream issue #501) and panics.
-var truncatedSubscribe5 = packet(0x82, append([]byte{0, 1, 0}, mqttString("a")...))
+var truncatedSubscribe5 = mqttwire.Packet(0x82, append([]byte{0, 1, 0}, mqttwire.String("a")...))
 
 func TestTruncatedSubscribeDoesNotTakeTheHubDown(t *testing.T) {
 	st := &fakeStore{}

@@ -1,10 +1,9 @@
-package main
+package bench
 
 import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,36 +22,30 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
 )
 
-// benchIngest is `outpost bench ingest`: N MQTT 3.1.1 clients over loopback
-// each keep M QoS 1 publishes in flight against the local hub on a real
-// store (every PUBACK is a durable message) and, with --vs-mosquitto, the
-// same load against a Mosquitto started here (which acknowledges from
-// memory). The same load generator drives both.
-func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("bench ingest", "[--clients N] [--inflight M] [--size BYTES] [--duration D] [--vs-mosquitto] [--json]\n\n"+
-		"Durable QoS 1 messages per second through the local hub (PUBACK after fsync), with N clients\n"+
-		"keeping M publishes in flight each, plus a single client with M in flight; --vs-mosquitto\n"+
-		"runs the same load against a Mosquitto started by the benchmark and reports the ratio.", stderr)
-	clients := fs.Int("clients", 16, "concurrent publishing clients")
-	inflight := fs.Int("inflight", 64, "QoS 1 publishes in flight per client")
-	size := fs.Int("size", 200, "payload bytes")
-	dur := fs.Duration("duration", 5*time.Second, "measuring time per run")
-	vsMosq := fs.Bool("vs-mosquitto", false, "also measure a Mosquitto started by the benchmark")
-	asJSON := fs.Bool("json", false, `print one JSON object {"bench":"ingest","machine":...,"metrics":{...}}`)
-	dir := fs.String("dir", "", "where the store goes (default: a temporary directory, removed after)")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the outpost runs to this file")
-	if code := parseFlags(fs, args); code >= 0 {
-		return code
-	}
-	if *clients < 1 || *inflight < 1 || *inflight > 65535 || *size < 0 || *dur <= 0 {
-		fmt.Fprintln(stderr, "bench ingest: --clients, --inflight (1..65535), --size and --duration must be positive")
-		return 2
-	}
-	load := ingestLoad{clients: *clients, inflight: *inflight, size: *size, dur: *dur}
+// IngestOptions configure Ingest.
+type IngestOptions struct {
+	Clients     int           // concurrent publishing clients
+	Inflight    int           // QoS 1 publishes in flight per client (1..65535)
+	Size        int           // payload bytes
+	Duration    time.Duration // measuring time per run
+	VsMosquitto bool          // also measure a Mosquitto started by the benchmark
+	Dir         string        // where the store goes ("": a temporary directory, removed after)
+	CPUProfile  string        // write a CPU profile of the outpost runs to this file ("": none)
+}
+
+// Ingest measures durable QoS 1 messages per second through the local hub
+// on a real store (every PUBACK is a durable message): Clients MQTT 3.1.1
+// clients over loopback each keep Inflight publishes in flight, then a
+// single client does. With VsMosquitto the same load generator drives a
+// Mosquitto started here (which acknowledges from memory), and the ratios
+// are reported.
+func Ingest(ctx context.Context, opt IngestOptions) (*Report, error) {
+	load := opt
 	metrics := map[string]float64{}
 	var rows [][2]string
 	add := func(key, label string, v float64) {
@@ -60,36 +53,32 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		rows = append(rows, [2]string{label, strconv.FormatFloat(v, 'f', -1, 64)})
 	}
 
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
+	if opt.CPUProfile != "" {
+		f, err := os.Create(opt.CPUProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "bench ingest: %v\n", err)
-			return 1
+			return nil, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(stderr, "bench ingest: %v\n", err)
-			return 1
+			return nil, err
 		}
 	}
-	ours, err := ingestOutpost(ctx, *dir, load)
-	if *cpuprofile != "" {
+	ours, err := ingestOutpost(ctx, opt.Dir, load)
+	if opt.CPUProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "bench ingest: %v\n", err)
-		return 1
+		return nil, err
 	}
-	add("outpost_msgs_per_s", fmt.Sprintf("outpost, %d clients x %d in flight (msgs/s)", load.clients, load.inflight), ingestRound1(ours.multi))
-	add("single_client_msgs_per_s", fmt.Sprintf("outpost, 1 client x %d in flight (msgs/s)", load.inflight), ingestRound1(ours.single))
-	if *vsMosq {
+	add("outpost_msgs_per_s", fmt.Sprintf("outpost, %d clients x %d in flight (msgs/s)", load.Clients, load.Inflight), ingestRound1(ours.multi))
+	add("single_client_msgs_per_s", fmt.Sprintf("outpost, 1 client x %d in flight (msgs/s)", load.Inflight), ingestRound1(ours.single))
+	if opt.VsMosquitto {
 		m, err := ingestMosquitto(ctx, load)
 		if err != nil {
-			fmt.Fprintf(stderr, "bench ingest: mosquitto: %v\n", err)
-			return 1
+			return nil, fmt.Errorf("mosquitto: %w", err)
 		}
-		add("mosquitto_msgs_per_s", fmt.Sprintf("mosquitto, %d clients x %d in flight (msgs/s)", load.clients, load.inflight), ingestRound1(m.multi))
-		add("mosquitto_single_client_msgs_per_s", fmt.Sprintf("mosquitto, 1 client x %d in flight (msgs/s)", load.inflight), ingestRound1(m.single))
+		add("mosquitto_msgs_per_s", fmt.Sprintf("mosquitto, %d clients x %d in flight (msgs/s)", load.Clients, load.Inflight), ingestRound1(m.multi))
+		add("mosquitto_single_client_msgs_per_s", fmt.Sprintf("mosquitto, 1 client x %d in flight (msgs/s)", load.Inflight), ingestRound1(m.single))
 		if m.multi > 0 {
 			add("ratio", "ratio outpost/mosquitto", ingestRound3(ours.multi/m.multi))
 		}
@@ -97,24 +86,17 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			add("single_client_ratio", "ratio outpost/mosquitto, 1 client", ingestRound3(ours.single/m.single))
 		}
 	}
-	if rss, ok := storePeakRSS(); ok {
+	if rss, ok := peakRSS(); ok {
 		add("peak_rss_mib", "peak RSS of this process, load generator included (MiB)", ingestRound1(rss))
 	}
-	if *asJSON {
-		b, _ := json.Marshal(map[string]any{"bench": "ingest", "machine": storeMachine(), "metrics": metrics})
-		fmt.Fprintln(stdout, string(b))
-		return 0
-	}
-	fmt.Fprintf(stdout, "bench ingest on %s: QoS 1, %d-byte payloads, %v per run\n", storeMachine(), load.size, load.dur)
+	rep := &Report{Bench: "ingest", Machine: machine(), Metrics: metrics}
+	var text strings.Builder
+	fmt.Fprintf(&text, "bench ingest on %s: QoS 1, %d-byte payloads, %v per run\n", rep.Machine, load.Size, load.Duration)
 	for _, r := range rows {
-		fmt.Fprintf(stdout, "  %-62s %s\n", r[0], r[1])
+		fmt.Fprintf(&text, "  %-62s %s\n", r[0], r[1])
 	}
-	return 0
-}
-
-type ingestLoad struct {
-	clients, inflight, size int
-	dur                     time.Duration
+	rep.Text = text.String()
+	return rep, nil
 }
 
 type ingestResult struct{ multi, single float64 }
@@ -123,7 +105,7 @@ func ingestRound1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
 func ingestRound3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
 
 // ingestOutpost measures the hub on a real store in dir (or a temp dir).
-func ingestOutpost(ctx context.Context, dir string, load ingestLoad) (ingestResult, error) {
+func ingestOutpost(ctx context.Context, dir string, load IngestOptions) (ingestResult, error) {
 	var res ingestResult
 	if dir == "" {
 		d, err := os.MkdirTemp("", "outpost-bench-ingest-")
@@ -148,7 +130,7 @@ func ingestOutpost(ctx context.Context, dir string, load ingestLoad) (ingestResu
 		for i := range n {
 			cs = append(cs, hub.Client{ID: fmt.Sprintf("bench-%d", i), PasswordHash: string(hash), Priority: msg.Normal})
 		}
-		h, err := hub.New(hub.Options{Config: hub.Config{Listen: "127.0.0.1:0", Clients: cs, MaxInflight: load.inflight, ConnectBurst: 2 * n}}, q)
+		h, err := hub.New(hub.Options{Config: hub.Config{Listen: "127.0.0.1:0", Clients: cs, MaxInflight: load.Inflight, ConnectBurst: 2 * n}}, q)
 		if err != nil {
 			return 0, err
 		}
@@ -164,7 +146,7 @@ func ingestOutpost(ctx context.Context, dir string, load ingestLoad) (ingestResu
 		}
 		return rate, err
 	}
-	if res.multi, err = run(load.clients, "multi"); err != nil {
+	if res.multi, err = run(load.Clients, "multi"); err != nil {
 		return res, err
 	}
 	if res.single, err = run(1, "single"); err != nil {
@@ -174,7 +156,7 @@ func ingestOutpost(ctx context.Context, dir string, load ingestLoad) (ingestResu
 }
 
 // ingestMosquitto measures a Mosquitto started here on a free loopback port.
-func ingestMosquitto(ctx context.Context, load ingestLoad) (ingestResult, error) {
+func ingestMosquitto(ctx context.Context, load IngestOptions) (ingestResult, error) {
 	var res ingestResult
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
@@ -230,7 +212,7 @@ func ingestMosquitto(ctx context.Context, load ingestLoad) (ingestResult, error)
 		return res, errors.New("did not start within 10s")
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if res.multi, err = ingestDrive(ctx, addr, load.clients, load, ""); err != nil {
+	if res.multi, err = ingestDrive(ctx, addr, load.Clients, load, ""); err != nil {
 		return res, err
 	}
 	if res.single, err = ingestDrive(ctx, addr, 1, load, ""); err != nil {
@@ -240,9 +222,9 @@ func ingestMosquitto(ctx context.Context, load ingestLoad) (ingestResult, error)
 }
 
 // ingestDrive connects n clients (bench-0...) to addr and keeps
-// load.inflight QoS 1 publishes in flight on each for load.dur after a short
+// load.Inflight QoS 1 publishes in flight on each for load.Duration after a short
 // warm-up; it returns PUBACKs per second over the measured window.
-func ingestDrive(ctx context.Context, addr string, n int, load ingestLoad, password string) (float64, error) {
+func ingestDrive(ctx context.Context, addr string, n int, load IngestOptions, password string) (float64, error) {
 	var counting atomic.Bool
 	var acked atomic.Int64
 	stop := make(chan struct{})
@@ -259,14 +241,14 @@ func ingestDrive(ctx context.Context, addr string, n int, load ingestLoad, passw
 		}
 		conns[i] = c
 	}
-	payload := make([]byte, load.size)
+	payload := make([]byte, load.Size)
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
 	for i, c := range conns {
 		topic := fmt.Sprintf("devices/bench-%d/messages/events/", i)
 		wg.Go(func() {
-			if err := ingestPublisher(c, topic, payload, load.inflight, stop, func() {
+			if err := ingestPublisher(c, topic, payload, load.Inflight, stop, func() {
 				if counting.Load() {
 					acked.Add(1)
 				}
@@ -275,7 +257,7 @@ func ingestDrive(ctx context.Context, addr string, n int, load ingestLoad, passw
 			}
 		})
 	}
-	warm := min(load.dur/5, time.Second)
+	warm := min(load.Duration/5, time.Second)
 	var err error
 	select {
 	case <-time.After(warm):
@@ -288,7 +270,7 @@ func ingestDrive(ctx context.Context, addr string, n int, load ingestLoad, passw
 		start := time.Now()
 		counting.Store(true)
 		select {
-		case <-time.After(load.dur):
+		case <-time.After(load.Duration):
 		case <-ctx.Done():
 			err = ctx.Err()
 		case err = <-errs:
@@ -316,21 +298,13 @@ func ingestConnect(addr, id, password string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	str := func(b []byte, s string) []byte { return append(binary.BigEndian.AppendUint16(b, uint16(len(s))), s...) }
-	flags := byte(0x02)
-	body := str(nil, "MQTT")
+	user := ""
 	if password != "" {
-		flags |= 0xC0
+		user = id
 	}
-	body = append(body, 4, flags, 0, 60)
-	body = str(body, id)
-	if password != "" {
-		body = str(body, id)
-		body = str(body, password)
-	}
-	pkt := append([]byte{0x10}, ingestVarint(len(body))...)
+	pkt := mqttwire.Connect(4, 60, id, user, password)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(append(pkt, body...)); err != nil {
+	if _, err := c.Write(pkt); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -345,21 +319,6 @@ func ingestConnect(addr, id, password string) (net.Conn, error) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
-}
-
-func ingestVarint(n int) []byte {
-	var b []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			return b
-		}
-	}
 }
 
 // ingestPublisher keeps inflight QoS 1 publishes outstanding on c until stop,
@@ -390,14 +349,8 @@ func ingestPublisher(c net.Conn, topic string, payload []byte, inflight int, sto
 			tokens <- struct{}{}
 		}
 	}()
-	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
-	body = append(body, topic...)
-	pidAt := len(body)
-	body = append(body, 0, 0)
-	body = append(body, payload...)
-	pkt := append([]byte{0x32}, ingestVarint(len(body))...)
-	pidAt += len(pkt)
-	pkt = append(pkt, body...)
+	pkt := mqttwire.Publish(4, topic, 0, payload)
+	pidAt := len(pkt) - len(payload) - 2 // the packet id, just before the payload
 	w := bufio.NewWriterSize(c, 64<<10)
 	pid := uint16(0)
 	for {

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,7 +14,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// The peer for `outpost bench drain`: what a user would otherwise deploy,
+// The peer for Drain: what a user would otherwise deploy,
 // a local Mosquitto bridging to the upstream one. The bridge is cut while a
 // backlog is published into the local broker, then restored; the drain is
 // timed at the upstream.
@@ -39,20 +37,14 @@ type bridgeResult struct {
 }
 
 // bridgeDrain starts a local Mosquitto bridging to the Mosquitto at
-// upstream (max_queued_messages raised to hold the whole backlog), fills it
-// with records messages of 200 bytes while the bridge link is down, restores
-// the link and returns the drain rate measured at the upstream.
-func bridgeDrain(ctx context.Context, records int, upstream string) (msgsPerSec float64, err error) {
-	r, err := bridgeDrainRun(ctx, bridgeOptions{Records: records, Size: 200, Inflight: 64, Upstream: upstream, Dir: os.TempDir()})
-	return r.MsgsPerS, err
-}
-
-// bridgeDrainRun is bridgeDrain with every knob. The messages look like
+// opt.Upstream (max_queued_messages raised to hold the whole backlog), fills
+// it with opt.Records messages while the bridge link is down, restores the
+// link and measures the drain at the upstream. The messages look like
 // outpost's upstream traffic: 8 devices, a distinct topic per message with
 // $.mid, $.ct and outpost-seq in the property bag, QoS 1 end to end. The
 // upstream subscriber that counts them uses QoS 0, so it adds as little
 // work to the upstream broker as possible.
-func bridgeDrainRun(ctx context.Context, opt bridgeOptions) (res bridgeResult, err error) {
+func bridgeDrain(ctx context.Context, opt bridgeOptions) (res bridgeResult, err error) {
 	if opt.Records <= 0 || opt.Inflight <= 0 {
 		return res, errors.New("bridge drain: records and inflight must be positive")
 	}
@@ -62,7 +54,7 @@ func bridgeDrainRun(ctx context.Context, opt bridgeOptions) (res bridgeResult, e
 	}
 	defer os.RemoveAll(dir)
 
-	link, err := newBenchProxy(opt.Upstream)
+	link, err := newLinkProxy(opt.Upstream)
 	if err != nil {
 		return res, err
 	}
@@ -192,7 +184,7 @@ func bridgeFill(ctx context.Context, addr string, n, size int) error {
 // bridge "bench" forwards devices/# (QoS 1, persistent bridge session) to
 // remote. With persist, it keeps its queue on disk under dir (saved every
 // second, the shortest interval Mosquitto offers).
-func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, inflight int, persist bool) (*benchMosquitto, error) {
+func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, inflight int, persist bool) (*mosquitto, error) {
 	p := "persistence false\n"
 	if persist {
 		p = fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir)
@@ -200,7 +192,7 @@ func startBridgeMosquitto(ctx context.Context, dir, remote string, maxQueued, in
 			p += "user root\n"
 		}
 	}
-	return runBenchMosquitto(ctx, dir, "bridge.conf", func(port int) string {
+	return runMosquitto(ctx, dir, "bridge.conf", func(port int) string {
 		return fmt.Sprintf(`listener %d 127.0.0.1
 allow_anonymous true
 %s%smax_queued_messages %d
@@ -213,28 +205,13 @@ try_private false
 notifications false
 restart_timeout 1
 bridge_protocol_version mqttv311
-`, port, p, benchMosquittoLog, maxQueued, inflight, remote)
+`, port, p, mosquittoLog, maxQueued, inflight, remote)
 	})
 }
 
-// procPeakRSS is VmHWM of process pid in MiB (0 when unreadable).
-func procPeakRSS(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
-// benchProxy is a loopback TCP proxy that stands in for the bridge's
+// linkProxy is a loopback TCP proxy that stands in for the bridge's
 // network link: while down it accepts and at once closes connections.
-type benchProxy struct {
+type linkProxy struct {
 	l      net.Listener
 	target string
 	up     atomic.Bool
@@ -242,21 +219,21 @@ type benchProxy struct {
 	conns  []net.Conn
 }
 
-func newBenchProxy(target string) (*benchProxy, error) {
+func newLinkProxy(target string) (*linkProxy, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &benchProxy{l: l, target: target}
+	p := &linkProxy{l: l, target: target}
 	go p.serve()
 	return p, nil
 }
 
-func (p *benchProxy) addr() string { return p.l.Addr().String() }
+func (p *linkProxy) addr() string { return p.l.Addr().String() }
 
-func (p *benchProxy) setUp(up bool) { p.up.Store(up) }
+func (p *linkProxy) setUp(up bool) { p.up.Store(up) }
 
-func (p *benchProxy) serve() {
+func (p *linkProxy) serve() {
 	for {
 		c, err := p.l.Accept()
 		if err != nil {
@@ -279,7 +256,7 @@ func (p *benchProxy) serve() {
 	}
 }
 
-func (p *benchProxy) close() {
+func (p *linkProxy) close() {
 	p.l.Close()
 	p.mu.Lock()
 	defer p.mu.Unlock()

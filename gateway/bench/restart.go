@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -21,110 +22,91 @@ import (
 	"github.com/outpost-iot/outpost/store"
 )
 
-// benchRestart implements `outpost bench restart`: a store holding
-// --records queued records (written with the store package, as a gateway
-// that was offline would have left it), then `outpost run` started on it
-// --runs times as a child process. Ready is the first 200 from /healthz,
-// timed from the exec; the store must report every record still queued.
-// The child's peak RSS (VmHWM) is read a second after it is ready.
-func benchRestart(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("bench restart", "[--records N] [--size BYTES] [--runs N] [--dir DIR] [--json]\n\n"+
-		"Times `outpost run` from exec to a healthy /healthz with a large queue on disk.", stderr)
-	asJSON := fs.Bool("json", false, `print one JSON object {"bench":"restart","machine":...,"metrics":{...}}`)
-	records := fs.Int("records", 1_000_000, "records queued in the store")
-	size := fs.Int("size", 200, "payload bytes per record")
-	runs := fs.Int("runs", 3, "restarts to time (the median is reported)")
-	dir := fs.String("dir", os.TempDir(), "where to create the temporary data dir")
-	if code := parseFlags(fs, args); code >= 0 {
-		return code
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "outpost bench restart: %v\n", err)
-		return 1
-	}
-	progress := func(f string, a ...any) {
-		if !*asJSON {
-			fmt.Fprintf(stderr, f+"\n", a...)
-		}
-	}
-	if *records < 0 || *runs < 1 {
-		return fail(errors.New("--records must be ≥ 0 and --runs ≥ 1"))
-	}
-	exe, err := os.Executable()
+// RestartOptions configure Restart.
+type RestartOptions struct {
+	Exe     string // the outpost binary, started as `Exe run -c CONFIG`
+	Records int    // records queued in the store (≥ 0)
+	Size    int    // payload bytes per record
+	Runs    int    // restarts to time, ≥ 1 (the median is reported)
+	Dir     string // where to create the temporary data dir
+	Log     Log
+}
+
+// Restart fills a store with Records queued records (written with the store
+// package, as a gateway that was offline would have left it), then starts
+// `outpost run` on it Runs times as a child process. Ready is the first 200
+// from /healthz, timed from the exec; the store must report every record
+// still queued. The child's peak RSS (VmHWM) is read a second after it is
+// ready. An empty store is timed first: the floor every start pays.
+func Restart(ctx context.Context, opt RestartOptions) (*Report, error) {
+	tmp, err := os.MkdirTemp(opt.Dir, "outpost-bench-restart-")
 	if err != nil {
-		return fail(err)
-	}
-	tmp, err := os.MkdirTemp(*dir, "outpost-bench-restart-")
-	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	data := filepath.Join(tmp, "data")
 
-	// An empty store first: the floor every start pays.
 	cfg, httpAddr, err := restartConfig(tmp, data)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	empty, err := timeStart(ctx, exe, cfg, httpAddr, 0)
+	empty, err := timeStart(ctx, opt.Exe, cfg, httpAddr, 0)
 	if err != nil {
-		return fail(fmt.Errorf("empty store: %w", err))
+		return nil, fmt.Errorf("empty store: %w", err)
 	}
 
 	q, err := store.Open(data, store.Options{})
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	progress("filling the store with %d records of %d bytes...", *records, *size)
+	opt.Log.progress("filling the store with %d records of %d bytes...", opt.Records, opt.Size)
 	fillStart := time.Now()
-	if err := restartFill(ctx, q, *records, *size); err != nil {
+	if err := restartFill(ctx, q, opt.Records, opt.Size); err != nil {
 		q.Close()
-		return fail(err)
+		return nil, err
 	}
 	depth := q.Stats().Depth
 	if err := q.Close(); err != nil {
-		return fail(err)
+		return nil, err
 	}
-	progress("  filled in %v (%d queued, the empty store's records included)", time.Since(fillStart).Round(time.Millisecond), depth)
+	opt.Log.progress("  filled in %v (%d queued, the empty store's records included)", time.Since(fillStart).Round(time.Millisecond), depth)
 
 	var readies []time.Duration
 	var peak float64
-	for i := range *runs {
-		r, err := timeStart(ctx, exe, cfg, httpAddr, depth)
+	for i := range opt.Runs {
+		r, err := timeStart(ctx, opt.Exe, cfg, httpAddr, depth)
 		if err != nil {
-			return fail(fmt.Errorf("run %d: %w", i+1, err))
+			return nil, fmt.Errorf("run %d: %w", i+1, err)
 		}
-		progress("  run %d: ready in %v, peak RSS %.1f MiB", i+1, r.ready.Round(time.Millisecond), r.rss)
+		opt.Log.progress("  run %d: ready in %v, peak RSS %.1f MiB", i+1, r.ready.Round(time.Millisecond), r.rss)
 		readies = append(readies, r.ready)
 		peak = max(peak, r.rss)
 	}
 	slices.Sort(readies)
 	median := readies[len(readies)/2]
 
-	metrics := map[string]float64{"ready_s_empty": storeRound(empty.ready.Seconds(), 3)}
+	metrics := map[string]float64{"ready_s_empty": round(empty.ready.Seconds(), 3)}
 	key := "ready_s"
-	if *records == 1_000_000 {
+	if opt.Records == 1_000_000 {
 		key = "ready_s_1m"
 	}
-	metrics[key] = storeRound(median.Seconds(), 3)
+	metrics[key] = round(median.Seconds(), 3)
 	if peak > 0 {
-		metrics["peak_rss_mib"] = storeRound(peak, 1)
+		metrics["peak_rss_mib"] = round(peak, 1)
 	}
-	if *asJSON {
-		b, _ := json.Marshal(map[string]any{"bench": "restart", "machine": storeMachine(), "metrics": metrics})
-		fmt.Fprintln(stdout, string(b))
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "machine\t%s\n", storeMachine())
-	fmt.Fprintf(tw, "queue\t%d records of %d bytes; median of %d starts\n", *records, *size, *runs)
+	rep := &Report{Bench: "restart", Machine: machine(), Metrics: metrics}
+	var text strings.Builder
+	tw := tabwriter.NewWriter(&text, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "machine\t%s\n", rep.Machine)
+	fmt.Fprintf(tw, "queue\t%d records of %d bytes; median of %d starts\n", opt.Records, opt.Size, opt.Runs)
 	for _, k := range []string{key, "ready_s_empty", "peak_rss_mib"} {
 		if v, ok := metrics[k]; ok {
 			fmt.Fprintf(tw, "%s\t%s\n", k, strconv.FormatFloat(v, 'f', -1, 64))
 		}
 	}
 	tw.Flush()
-	return 0
+	rep.Text = text.String()
+	return rep, nil
 }
 
 // restartConfig writes a config for a gateway on data whose cloud link

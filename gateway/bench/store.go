@@ -1,14 +1,10 @@
-package main
+package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,80 +18,71 @@ import (
 	"github.com/outpost-iot/outpost/store"
 )
 
-// benchStore implements `outpost bench store`: durable appends/s of 200-byte
-// records with 1, 16 and 64 concurrent producers (each Append returns after
-// its batch is synced), the same with one sync per append as the baseline,
-// the time to reopen a store holding 1,000,000 records until the first
-// record is leased, and this process's peak RSS while appending and draining
-// those records (measured before the throughput runs).
-func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("bench store", "[--json] [--dir DIR] [--duration D] [--records N] [--size BYTES]\n\n"+
-		"Durable appends/s with 1, 16 and 64 producers vs one sync per append, reopen time and peak RSS\n"+
-		"with a large backlog. Runs in a temporary directory on the file system of --dir.", stderr)
-	asJSON := fs.Bool("json", false, `print one JSON object {"bench":"store","machine":...,"metrics":{...}}`)
-	dir := fs.String("dir", os.TempDir(), "where to create the temporary stores (use the data_dir's file system)")
-	dur := fs.Duration("duration", 3*time.Second, "length of each throughput run")
-	records := fs.Int("records", 1_000_000, "backlog for the reopen and RSS runs (0 skips them)")
-	size := fs.Int("size", 200, "payload bytes per record")
-	only := fs.String("only", "", "run only these parts, comma-separated: backlog, throughput")
-	if code := parseFlags(fs, args); code >= 0 {
-		return code
-	}
-	tmp, err := os.MkdirTemp(*dir, "outpost-bench-store-")
+// StoreOptions configure Store.
+type StoreOptions struct {
+	Dir      string        // where the temporary stores go (the data_dir's file system)
+	Duration time.Duration // length of each throughput run
+	Records  int           // backlog for the reopen and RSS runs (0 skips them)
+	Size     int           // payload bytes per record
+	Only     string        // run only these parts, comma-separated: backlog, throughput ("": both)
+	Log      Log
+}
+
+// Store measures durable appends/s of Size-byte records with 1, 16 and 64
+// concurrent producers (each Append returns after its batch is synced), the
+// same with one sync per append as the baseline, the time to reopen a store
+// holding 1,000,000 records until the first record is leased, and this
+// process's peak RSS while appending and draining those records (measured
+// before the throughput runs).
+func Store(ctx context.Context, opt StoreOptions) (*Report, error) {
+	tmp, err := os.MkdirTemp(opt.Dir, "outpost-bench-store-")
 	if err != nil {
-		fmt.Fprintf(stderr, "outpost bench store: %v\n", err)
-		return 1
+		return nil, err
 	}
 	defer os.RemoveAll(tmp)
 	var fs0 syscall.Statfs_t
 	if syscall.Statfs(tmp, &fs0) == nil && fs0.Type == 0x01021994 { // TMPFS_MAGIC
-		fmt.Fprintf(stderr, "outpost bench store: note: %s is a tmpfs (RAM); use --dir on the data_dir's file system\n", *dir)
+		opt.Log.note("note: %s is a tmpfs (RAM); use --dir on the data_dir's file system", opt.Dir)
 	}
-	want := func(part string) bool { return *only == "" || strings.Contains(","+*only+",", ","+part+",") }
+	want := func(part string) bool { return opt.Only == "" || strings.Contains(","+opt.Only+",", ","+part+",") }
 
 	metrics := map[string]float64{}
 	var notes []string
-	payload := make([]byte, *size)
+	payload := make([]byte, opt.Size)
 	for i := range payload {
 		payload[i] = 'a' + byte(i%26)
 	}
-	progress := func(f string, a ...any) {
-		if !*asJSON {
-			fmt.Fprintf(stderr, f+"\n", a...)
-		}
-	}
 
-	if *records > 0 && want("backlog") {
-		progress("backlog: appending and draining %d records...", *records)
+	if opt.Records > 0 && want("backlog") {
+		opt.Log.progress("backlog: appending and draining %d records...", opt.Records)
 		stopPeak := make(chan struct{})
 		peakAnon := make(chan float64, 1)
 		go func() { peakAnon <- storePeakAnon(stopPeak) }()
-		r, err := storeBacklog(ctx, tmp+"/backlog", *records, payload)
+		r, err := storeBacklog(ctx, tmp+"/backlog", opt.Records, payload)
 		close(stopPeak)
 		anon := <-peakAnon
 		if err != nil {
-			fmt.Fprintf(stderr, "outpost bench store: backlog: %v\n", err)
-			return 1
+			return nil, fmt.Errorf("backlog: %w", err)
 		}
-		if *records == 1_000_000 {
-			metrics["reopen_1m_s"] = storeRound(r.reopen.Seconds(), 3)
+		if opt.Records == 1_000_000 {
+			metrics["reopen_1m_s"] = round(r.reopen.Seconds(), 3)
 		} else {
-			notes = append(notes, fmt.Sprintf("reopen with %d records: %.3fs", *records, r.reopen.Seconds()))
+			notes = append(notes, fmt.Sprintf("reopen with %d records: %.3fs", opt.Records, r.reopen.Seconds()))
 		}
-		if rss, ok := storePeakRSS(); ok {
-			metrics["peak_rss_mib"] = storeRound(rss, 1)
+		if rss, ok := peakRSS(); ok {
+			metrics["peak_rss_mib"] = round(rss, 1)
 		}
 		if anon > 0 {
 			// The rest of the RSS is Badger's memory-mapped table files:
 			// page cache the kernel reclaims under pressure.
-			metrics["peak_rss_anon_mib"] = storeRound(anon, 1)
+			metrics["peak_rss_anon_mib"] = round(anon, 1)
 		}
 		notes = append(notes, fmt.Sprintf("backlog fill %.0f records/s, drain %.0f records/s",
-			float64(*records)/r.fill.Seconds(), float64(*records)/r.drain.Seconds()))
+			float64(opt.Records)/r.fill.Seconds(), float64(opt.Records)/r.drain.Seconds()))
 	}
 	if want("throughput") {
 		if lat, err := storeFsyncLatency(tmp); err == nil {
-			metrics["fsync_latency_ms"] = storeRound(lat.Seconds()*1000, 3)
+			metrics["fsync_latency_ms"] = round(lat.Seconds()*1000, 3)
 		}
 		for _, run := range []struct {
 			key       string
@@ -107,27 +94,22 @@ func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			{"appends_per_s_p64", 64, false},
 			{"fsync_each_appends_per_s_p16", 16, true},
 		} {
-			progress("%s...", run.key)
-			rate, err := storeThroughput(ctx, fmt.Sprintf("%s/%s", tmp, run.key), run.producers, run.each, *dur, payload)
+			opt.Log.progress("%s...", run.key)
+			rate, err := storeThroughput(ctx, fmt.Sprintf("%s/%s", tmp, run.key), run.producers, run.each, opt.Duration, payload)
 			if err != nil {
-				fmt.Fprintf(stderr, "outpost bench store: %s: %v\n", run.key, err)
-				return 1
+				return nil, fmt.Errorf("%s: %w", run.key, err)
 			}
-			metrics[run.key] = storeRound(rate, 1)
+			metrics[run.key] = round(rate, 1)
 		}
 	}
 	if ctx.Err() != nil {
-		fmt.Fprintln(stderr, "outpost bench store: interrupted")
-		return 1
+		return nil, errInterrupted
 	}
 
-	if *asJSON {
-		b, _ := json.Marshal(map[string]any{"bench": "store", "machine": storeMachine(), "metrics": metrics})
-		fmt.Fprintln(stdout, string(b))
-		return 0
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "machine\t%s\n", storeMachine())
+	rep := &Report{Bench: "store", Machine: machine(), Metrics: metrics}
+	var text strings.Builder
+	tw := tabwriter.NewWriter(&text, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "machine\t%s\n", rep.Machine)
 	for _, k := range []string{"appends_per_s_p1", "appends_per_s_p16", "appends_per_s_p64",
 		"fsync_each_appends_per_s_p16", "fsync_latency_ms", "reopen_1m_s", "peak_rss_mib", "peak_rss_anon_mib"} {
 		if v, ok := metrics[k]; ok {
@@ -141,7 +123,8 @@ func benchStore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(tw, "note\t%s\n", n)
 	}
 	tw.Flush()
-	return 0
+	rep.Text = text.String()
+	return rep, nil
 }
 
 // storeThroughput runs producers closed-loop Appends of one record each for
@@ -284,25 +267,6 @@ func storeFsyncLatency(dir string) (time.Duration, error) {
 	return lat[len(lat)/2], nil
 }
 
-// storeMachine describes this machine for the JSON report.
-func storeMachine() string {
-	host, _ := os.Hostname()
-	model := ""
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && (strings.TrimSpace(k) == "model name" || strings.TrimSpace(k) == "Model") {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	s := fmt.Sprintf("%s %s/%s %d CPU", host, runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
-	if model != "" {
-		s += " (" + model + ")"
-	}
-	return s
-}
-
 // storePeakAnon samples this process's anonymous resident memory (RssAnon:
 // heap, stacks, Badger's arenas; not mapped files) every 10ms until stop and
 // returns the peak in MiB.
@@ -311,7 +275,7 @@ func storePeakAnon(stop <-chan struct{}) float64 {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if v, ok := storeStatus("RssAnon:"); ok {
+		if v, ok := selfStatus("RssAnon:"); ok {
 			peak = max(peak, v)
 		}
 		select {
@@ -320,30 +284,4 @@ func storePeakAnon(stop <-chan struct{}) float64 {
 		case <-t.C:
 		}
 	}
-}
-
-// storePeakRSS is this process's peak resident set in MiB (VmHWM).
-func storePeakRSS() (float64, bool) { return storeStatus("VmHWM:") }
-
-// storeStatus reads a kB field of /proc/self/status, in MiB.
-func storeStatus(field string) (float64, bool) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			if err != nil {
-				return 0, false
-			}
-			return kb / 1024, true
-		}
-	}
-	return 0, false
-}
-
-func storeRound(v float64, digits int) float64 {
-	p := math.Pow(10, float64(digits))
-	return math.Round(v*p) / p
 }
