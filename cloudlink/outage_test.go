@@ -68,6 +68,18 @@ func waitConnected(t *testing.T, s *Session) {
 	}
 }
 
+// waitOutages waits until the session has counted at least n outages.
+func waitOutages(t *testing.T, s *Session, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for uint64(s.Status().Outages) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("session counted %d outages after 10 s, want %d", s.Status().Outages, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func fastRetry(o Options) Options {
 	o.RetryMin, o.RetryMax = 20*time.Millisecond, 200*time.Millisecond
 	o.KeepAlive = time.Second
@@ -112,6 +124,9 @@ func TestOutageProxyCut(t *testing.T) {
 				px.Set(tcpproxy.Cut)
 				time.Sleep(time.Duration(100+20*i) * time.Millisecond)
 				px.Set(tcpproxy.Up)
+				// The next cut waits until this one is seen as an outage: on a
+				// loaded machine two cuts could otherwise fall into one outage.
+				waitOutages(t, s, uint64(i+1))
 			}
 			want, payloads, n := prod.finish()
 			waitDrained(t, q, 20*time.Second)
