@@ -1,6 +1,13 @@
-// Package adapters holds the field-device contract (Source, Sink, Emitter)
-// and the registry of adapter kinds. Each kind lives in its own folder
-// (modbus, serial, gpio, sim) and registers itself from an init function.
+// Package adapters holds the field-device contract and the registry of
+// adapter kinds. Each kind lives in its own folder (modbus, serial, gpio,
+// sim) and registers itself from an init function.
+//
+// A device is a Source; it may also be a Sink (it takes commands). The
+// gateway finds the optional parts by type assertion on the Source, like
+// database/sql does on a driver's Conn: HealthReporter (the device's
+// health), LinkObserver (the upstream link's state) and io.Closer (release
+// what New acquired). Each is documented with when the gateway calls it.
+// The conformance suite in adaptertest checks every kind against all of it.
 //
 // Adapters never import cloudlink, store or any MQTT library: they produce
 // readings and apply commands, and the gateway does the rest.
@@ -13,12 +20,21 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
 // A Source produces readings. Run blocks until ctx is done (then returns
-// nil); a non-nil error means the adapter cannot go on.
+// nil); a non-nil error means the adapter cannot go on. The gateway calls Run
+// again on the same Source after a failure, with back-off.
+//
+// If a Source implements io.Closer, Close is called once the device is
+// stopped for good: after its last Run has returned, when a reload removes
+// the device or rebuilds it with a changed config, and when the gateway
+// shuts down. A Run that failed is restarted without Close. Close must also
+// be safe to call more than once, and on a device whose Run was never called
+// (a partial start); the conformance suite checks both.
 type Source interface {
 	Run(ctx context.Context, out Emitter) error
 }
@@ -34,6 +50,75 @@ type Emitter interface {
 // with the same cmd.ID.
 type Sink interface {
 	Apply(ctx context.Context, cmd msg.Command) (msg.Result, error)
+}
+
+// Health is a device's state as the gateway shows it (/api/status, the
+// outpost_device_health metric) and acts on it (a command waits while its
+// device is Down). The zero value is Up. In text (JSON, logs) the states are
+// "ok", "degraded" and "down".
+type Health int
+
+// Health states.
+const (
+	Up       Health = iota // working: the last poll read every point, the port is open, ...
+	Degraded               // working in part: some points fail, or the device just stopped answering
+	Down                   // not working: no answer, no port, pins not configured
+)
+
+var healthText = [...]string{Up: "ok", Degraded: "degraded", Down: "down"}
+
+// String returns "ok", "degraded" or "down" ("Health(N)" for other values).
+func (h Health) String() string {
+	if h >= 0 && int(h) < len(healthText) {
+		return healthText[h]
+	}
+	return fmt.Sprintf("Health(%d)", int(h))
+}
+
+// MarshalText returns the state's text, "ok", "degraded" or "down"; any
+// other value is an error.
+func (h Health) MarshalText() ([]byte, error) {
+	if h < 0 || int(h) >= len(healthText) {
+		return nil, fmt.Errorf("adapters: invalid health %d", int(h))
+	}
+	return []byte(healthText[h]), nil
+}
+
+// UnmarshalText parses "ok", "degraded" or "down" (a decoded /api/status).
+func (h *Health) UnmarshalText(b []byte) error {
+	if i := slices.Index(healthText[:], string(b)); i >= 0 {
+		*h = Health(i)
+		return nil
+	}
+	return fmt.Errorf("adapters: unknown health %q", b)
+}
+
+// If a Source implements HealthReporter, Health is called whenever the
+// gateway reports on the device (each /api/status request, `outpost
+// status`, each /metrics scrape) and, for a command to the device, before
+// every attempt to apply it and about twice a second while it reports Down:
+// a command waits while its device is down, until the device is back or the
+// command's deadline passes. Health may be called from any goroutine, at
+// the same time as Run and Apply, before Run starts, between a failed Run
+// and its restart, and after Run returns; it must not block. It returns the
+// device's state and a one-line detail (the last error, or what was read);
+// when detail is empty the gateway shows the reason of the last failed Emit
+// or Run instead. A Source that does not implement HealthReporter is shown
+// as Up.
+type HealthReporter interface {
+	Health() (state Health, detail string)
+}
+
+// If a Source implements LinkObserver and the gateway has a cloud link,
+// SetLinkState is called once with the link's state (connected or not, and
+// since when) within about a second of the device's start, and then again
+// each time the link goes up or down while the device runs (the gateway
+// looks once a second). It is called from a goroutine of the gateway's, at
+// the same time as Run (or just before Run starts), and must not block.
+// Without a cloud link it is never called: the link counts as up. A device
+// rebuilt by a reload is a new device and is told again.
+type LinkObserver interface {
+	SetLinkState(up bool, since time.Time)
 }
 
 // ErrRejected marks a command that can never succeed (unknown point, not
