@@ -220,11 +220,11 @@ func (l *ledger) executeAdapter(ctx context.Context, c store.Command, d *device)
 				}
 				return l.finish(ctx, c, msg.Result{Status: msg.StatusExpired, Error: "device was down until the deadline"})
 			}
-			state := "ok"
-			if h, ok := d.src.(healther); ok {
+			state := adapters.Up
+			if h, ok := d.src.(adapters.HealthReporter); ok {
 				state, _ = h.Health()
 			}
-			if state != "down" {
+			if state != adapters.Down {
 				break
 			}
 			select {

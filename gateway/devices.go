@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"sync"
@@ -13,12 +14,6 @@ import (
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
-
-// healther is the optional adapter interface that reports device health:
-// state is "ok", "degraded" or "down".
-type healther interface {
-	Health() (state, detail string)
-}
 
 // device is one running adapter device.
 type device struct {
@@ -42,7 +37,7 @@ type DeviceStatus struct {
 	ID       string            `json:"id"`
 	Kind     string            `json:"kind"`
 	Priority string            `json:"priority"`
-	Health   string            `json:"health"`
+	Health   adapters.Health   `json:"health"`
 	Detail   string            `json:"detail,omitempty"`
 	Started  time.Time         `json:"started"`
 	Readings uint64            `json:"readings"`
@@ -52,8 +47,8 @@ type DeviceStatus struct {
 }
 
 func (d *device) status() DeviceStatus {
-	s := DeviceStatus{ID: d.cfg.ID, Kind: d.cfg.Kind, Priority: d.cfg.Priority.String(), Health: "ok", Started: d.started, Readings: d.readings.Load()}
-	if h, ok := d.src.(healther); ok {
+	s := DeviceStatus{ID: d.cfg.ID, Kind: d.cfg.Kind, Priority: d.cfg.Priority.String(), Health: adapters.Up, Started: d.started, Readings: d.readings.Load()}
+	if h, ok := d.src.(adapters.HealthReporter); ok {
 		s.Health, s.Detail = h.Health()
 	}
 	d.mu.Lock()
@@ -87,7 +82,7 @@ func (g *Gateway) startDevice(ctx context.Context, dc config.Device) (*device, e
 	em := &emitter{g: g, dev: d}
 	go func() {
 		defer close(d.done)
-		if c, ok := src.(interface{ Close() error }); ok {
+		if c, ok := src.(io.Closer); ok {
 			defer c.Close()
 		}
 		backoff := time.Second
@@ -167,13 +162,7 @@ func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
 	return nil
 }
 
-// linkObserver is the optional adapter interface that wants the upstream
-// link state (a GPIO output's failsafe, for one).
-type linkObserver interface {
-	SetLinkState(up bool, since time.Time)
-}
-
-// watchLink tells link-observing adapters when the cloud link goes up or
+// watchLink tells adapters.LinkObserver devices when the cloud link goes up or
 // down, checking once a second, and tells every newly started one at once.
 func (g *Gateway) watchLink(ctx context.Context) {
 	type seen struct {
@@ -188,7 +177,7 @@ func (g *Gateway) watchLink(ctx context.Context) {
 		now := seen{st.Connected, st.Since}
 		next := map[*device]seen{} // only devices still running
 		for _, d := range g.deviceList() {
-			lo, ok := d.src.(linkObserver)
+			lo, ok := d.src.(adapters.LinkObserver)
 			if !ok {
 				continue
 			}

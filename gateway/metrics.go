@@ -3,6 +3,8 @@ package gateway
 import (
 	"net/http"
 
+	"github.com/outpost-iot/outpost/adapters"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -101,9 +103,9 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		s := d.status()
 		v := 1.0
 		switch s.Health {
-		case "degraded":
+		case adapters.Degraded:
 			v = 0.5
-		case "down":
+		case adapters.Down:
 			v = 0
 		}
 		m(dDevUp, prometheus.GaugeValue, v, s.ID, s.Kind)

@@ -8,16 +8,15 @@
 // works across boards; on a machine without that pin the device fails to
 // build with an error naming it.
 //
-// Optional interfaces the gateway finds by type assertion:
-//
-//	Health() (state, detail string)          // "ok" or "down" with the reason
-//	SetLinkState(up bool, since time.Time)   // upstream link changes, for the failsafe
+// A Device implements the optional adapters.HealthReporter,
+// adapters.LinkObserver (for the failsafe) and io.Closer.
 package gpio
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"sync"
@@ -46,25 +45,12 @@ func init() {
 	})
 }
 
-// LinkObserver is the optional interface a GPIO device offers the gateway
-// for the failsafe: call SetLinkState on every change of the upstream link
-// (and once at start if the link is down). The gateway declares the same
-// method set and finds it by type assertion; it need not import this
-// package.
-type LinkObserver interface {
-	SetLinkState(up bool, since time.Time)
-}
-
 var (
-	_ adapters.Source = (*Device)(nil)
-	_ adapters.Sink   = (*Device)(nil)
-	_ LinkObserver    = (*Device)(nil)
-)
-
-// Health states.
-const (
-	StateOK   = "ok"
-	StateDown = "down"
+	_ adapters.Source         = (*Device)(nil)
+	_ adapters.Sink           = (*Device)(nil)
+	_ adapters.HealthReporter = (*Device)(nil)
+	_ adapters.LinkObserver   = (*Device)(nil)
+	_ io.Closer               = (*Device)(nil)
 )
 
 // edgePoll bounds each wait for an edge, so watchers notice shutdown.
@@ -91,7 +77,7 @@ type Device struct {
 	mu      sync.Mutex
 	ready   bool // pins configured; commands may run
 	stopped chan struct{}
-	state   string
+	state   adapters.Health
 	detail  string
 
 	linkMu    sync.Mutex
@@ -141,7 +127,7 @@ func New(device string, cfg Config, log *slog.Logger) (*Device, error) {
 		byName:  map[string]*point{},
 		closed:  make(chan struct{}),
 		changes: make(chan change, 64),
-		state:   StateDown, detail: "not started",
+		state:   adapters.Down, detail: "not started",
 		linkUp: true, linkCh: make(chan struct{}, 1),
 	}
 	var errs []error
@@ -173,25 +159,26 @@ func (p *point) value(l gpio.Level) bool { return bool(l) != p.cfg.Invert }
 // level turns a point value into the pin level.
 func (p *point) level(v bool) gpio.Level { return gpio.Level(v != p.cfg.Invert) }
 
-// Health reports StateOK while Run has the pins configured, StateDown with
-// the reason otherwise. Safe for concurrent use.
-func (d *Device) Health() (state, detail string) {
+// Health implements adapters.HealthReporter: adapters.Up while Run has the
+// pins configured, adapters.Down with the reason otherwise. Safe for
+// concurrent use.
+func (d *Device) Health() (state adapters.Health, detail string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.state, d.detail
 }
 
-func (d *Device) setHealth(state, detail string) {
+func (d *Device) setHealth(state adapters.Health, detail string) {
 	d.mu.Lock()
 	d.state, d.detail = state, detail
 	d.mu.Unlock()
 }
 
-// SetLinkState tells the device about the upstream link: up or down, and
-// since when. With failsafe_after set, outputs with a failsafe level are
-// driven to it once the link has been down that long (measured from
-// since); they stay there when the link returns, until a command changes
-// them. The link counts as up until told otherwise. Safe for concurrent use,
+// SetLinkState implements adapters.LinkObserver: it tells the device
+// whether the upstream link is up, and since when. With failsafe_after set,
+// outputs with a failsafe level are driven to it once the link has been
+// down that long (measured from since); they stay there when the link
+// returns, until a command changes them. The link counts as up until told otherwise. Safe for concurrent use,
 // at any time; repeated calls with the same state are harmless.
 func (d *Device) SetLinkState(up bool, since time.Time) {
 	d.linkMu.Lock()
@@ -230,7 +217,7 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 	}
 	defer d.running.Store(false)
 	if err := d.configure(); err != nil {
-		d.setHealth(StateDown, err.Error())
+		d.setHealth(adapters.Down, err.Error())
 		return err
 	}
 	for len(d.changes) > 0 { // left over from a previous Run
@@ -239,7 +226,7 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 	ctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})
 	d.mu.Lock()
-	d.ready, d.stopped, d.state, d.detail = true, stopped, StateOK, ""
+	d.ready, d.stopped, d.state, d.detail = true, stopped, adapters.Up, ""
 	d.mu.Unlock()
 	var wg sync.WaitGroup
 	defer func() {
@@ -251,7 +238,7 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 		d.mu.Unlock()
 		d.applyFailsafe("gateway stopping")
 		d.release()
-		d.setHealth(StateDown, "stopped")
+		d.setHealth(adapters.Down, "stopped")
 	}()
 	for _, p := range d.points {
 		if !p.isOut() && p.edge != gpio.NoEdge {

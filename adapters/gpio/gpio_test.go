@@ -447,7 +447,7 @@ func TestFailsafeOnStop(t *testing.T) {
 		if pinLevel(relay) != gpio.Low {
 			t.Error("relay not at its failsafe level after stop")
 		}
-		if st, _ := s.dev.Health(); st != StateDown {
+		if st, _ := s.dev.Health(); st != adapters.Down {
 			t.Errorf("health after stop = %s", st)
 		}
 		if _, err := s.dev.Apply(context.Background(), msg.Command{Write: map[string]any{"relay": true}}); err == nil || errors.Is(err, adapters.ErrRejected) {
@@ -461,7 +461,7 @@ func TestCloseStopsRun(t *testing.T) {
 		_, name := fakePin(t, gpio.Low)
 		s := start(t, Config{Points: []Point{{Name: "door", Pin: name}}})
 		synctest.Wait()
-		if st, detail := s.dev.Health(); st != StateOK {
+		if st, detail := s.dev.Health(); st != adapters.Up {
 			t.Fatalf("health = %s (%s)", st, detail)
 		}
 		s.dev.Close()
@@ -506,7 +506,7 @@ func TestRunFailsOnPinSetupError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `point "door": set pin `+name+` to input`) {
 		t.Fatalf("Run = %v", err)
 	}
-	if st, detail := d.Health(); st != StateDown || !strings.Contains(detail, "busy") {
+	if st, detail := d.Health(); st != adapters.Down || !strings.Contains(detail, "busy") {
 		t.Errorf("health = %s (%s)", st, detail)
 	}
 }

@@ -52,19 +52,19 @@ func init() {
 	})
 }
 
-// Health states.
-const (
-	HealthOK       = "ok"       // the last poll read every point
-	HealthDegraded = "degraded" // some points failed, or the device just stopped answering
-	HealthDown     = "down"     // no answer for downAfter polls in a row; backing off
+var (
+	_ adapters.Source         = (*Device)(nil)
+	_ adapters.Sink           = (*Device)(nil)
+	_ adapters.HealthReporter = (*Device)(nil)
 )
 
-// downAfter is how many unanswered polls in a row make a device down.
+// downAfter is how many unanswered polls in a row make a device
+// adapters.Down (one makes it adapters.Degraded).
 const downAfter = 2
 
 // Device is one Modbus device: an adapters.Source that polls it and an
-// adapters.Sink that writes to it. It also offers Health and Stats, which
-// the gateway finds by type assertion.
+// adapters.Sink that writes to it, and an adapters.HealthReporter. Stats
+// gives its request counters.
 type Device struct {
 	id  string
 	cfg *device
@@ -76,7 +76,7 @@ type Device struct {
 	plans map[string][]request
 
 	hmu    sync.Mutex
-	health string
+	health adapters.Health
 	detail string
 	stats  Stats
 }
@@ -103,13 +103,15 @@ func New(id string, c *Config, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Device{id: id, cfg: d, log: log.With("device", id), plans: map[string][]request{}, health: HealthOK, detail: "not polled yet"}, nil
+	return &Device{id: id, cfg: d, log: log.With("device", id), plans: map[string][]request{}, health: adapters.Up, detail: "not polled yet"}, nil
 }
 
-// Health returns the device's state (HealthOK, HealthDegraded or
-// HealthDown) and a one-line detail: the last error, or what was read.
-// It is safe to call from any goroutine.
-func (d *Device) Health() (state, detail string) {
+// Health implements adapters.HealthReporter: adapters.Up when the last poll
+// read every point, adapters.Degraded when some points failed or the device
+// did not answer one poll, adapters.Down after downAfter unanswered polls
+// in a row (it is backed off), with a one-line detail: the last error, or
+// what was read. It is safe to call from any goroutine.
+func (d *Device) Health() (state adapters.Health, detail string) {
 	d.hmu.Lock()
 	defer d.hmu.Unlock()
 	return d.health, d.detail
@@ -122,7 +124,7 @@ func (d *Device) Stats() Stats {
 	return d.stats
 }
 
-func (d *Device) setHealth(state, detail string) (changed bool, was string) {
+func (d *Device) setHealth(state adapters.Health, detail string) (changed bool, was adapters.Health) {
 	d.hmu.Lock()
 	defer d.hmu.Unlock()
 	was = d.health
@@ -224,29 +226,30 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 
 // track updates health from one poll and counts unanswered polls.
 func (d *Device) track(res pollResult, fails *int) {
-	var state, detail string
+	var state adapters.Health
+	var detail string
 	switch {
 	case res.answered == 0:
 		*fails++
-		state, detail = HealthDegraded, res.firstErr
+		state, detail = adapters.Degraded, res.firstErr
 		if *fails >= downAfter {
-			state = HealthDown
+			state = adapters.Down
 		}
 	case len(res.errs) > 0:
 		*fails = 0
-		state, detail = HealthDegraded, fmt.Sprintf("%d of %d points failed: %s", len(res.errs), len(res.errs)+len(res.values), res.firstErr)
+		state, detail = adapters.Degraded, fmt.Sprintf("%d of %d points failed: %s", len(res.errs), len(res.errs)+len(res.values), res.firstErr)
 	default:
 		*fails = 0
-		state, detail = HealthOK, fmt.Sprintf("%d points read", len(res.values))
+		state, detail = adapters.Up, fmt.Sprintf("%d points read", len(res.values))
 	}
 	changed, was := d.setHealth(state, detail)
 	switch {
 	case !changed:
-	case state == HealthOK:
+	case state == adapters.Up:
 		d.log.Info("modbus: device recovered", "was", was)
-	case state == HealthDown:
+	case state == adapters.Down:
 		d.log.Warn("modbus: device not answering; backing off", "err", detail)
-	case was == HealthOK:
+	case was == adapters.Up:
 		d.log.Warn("modbus: poll failing; will retry", "err", detail)
 	}
 }

@@ -131,7 +131,7 @@ func TestFixtureTCP(t *testing.T) {
 	if st := d.Stats(); st.Requests != 4 || st.Errors != 0 {
 		t.Errorf("stats after one poll: %+v, want 4 requests and no errors", st)
 	}
-	if h, detail := d.Health(); h != HealthOK {
+	if h, detail := d.Health(); h != adapters.Up {
 		t.Errorf("health %s (%s), want ok", h, detail)
 	}
 }
@@ -245,7 +245,7 @@ func TestPointErrors(t *testing.T) {
 	if !strings.Contains(r.Errors["poison"], "exception '4'") || !strings.Contains(r.Errors["beyond"], "exception '2'") || len(r.Errors) != 2 {
 		t.Errorf("errors %v, want poison (04) and beyond (02) only", r.Errors)
 	}
-	if h, _ := d.Health(); h != HealthDegraded {
+	if h, _ := d.Health(); h != adapters.Degraded {
 		t.Errorf("health %s, want degraded", h)
 	}
 	// First poll: holding 0, 199, 250 apart; input 8..21 rejected, then 8 and 21.
@@ -268,16 +268,16 @@ func TestTCPSlaveRestart(t *testing.T) {
 	d, rec := startDevice(t, "restart-1", c)
 	rec.WaitN(t, 1, 5*time.Second)
 	s.Kill()
-	waitHealth(t, d, HealthDown, 5*time.Second)
+	waitHealth(t, d, adapters.Down, 5*time.Second)
 	s.start()
-	waitHealth(t, d, HealthOK, 5*time.Second)
+	waitHealth(t, d, adapters.Up, 5*time.Second)
 	last := rec.Readings()[len(rec.Readings())-1]
 	if last.Values["v"] != uint64(100) {
 		t.Errorf("after restart: %+v", last)
 	}
 }
 
-func waitHealth(t *testing.T, d *Device, want string, within time.Duration) {
+func waitHealth(t *testing.T, d *Device, want adapters.Health, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

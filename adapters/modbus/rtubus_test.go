@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/adapters"
 	"github.com/outpost-iot/outpost/adapters/adaptertest"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -113,7 +114,7 @@ func TestDeadSlave(t *testing.T) {
 	}
 	b.Kill(2)
 	killed := time.Now()
-	waitHealth(t, devs[2], HealthDown, 3*time.Second)
+	waitHealth(t, devs[2], adapters.Down, 3*time.Second)
 	time.Sleep(2 * time.Second)
 	dead := time.Since(killed)
 	for _, u := range []int{1, 3} {
@@ -165,7 +166,7 @@ func TestDeadSlave(t *testing.T) {
 		t.Errorf("dead unit stats %+v: no timeouts counted", st)
 	}
 	b.Restart(2, 19200)
-	waitHealth(t, devs[2], HealthOK, 3*time.Second)
+	waitHealth(t, devs[2], adapters.Up, 3*time.Second)
 	rs := recs[2].Readings()
 	checkUnit(t, rs[len(rs)-1], 2)
 }
@@ -208,7 +209,7 @@ func TestGarbledFrames(t *testing.T) {
 			checkUnit(t, r, 1)
 		}
 	}
-	if h, _ := d.Health(); h != HealthOK {
+	if h, _ := d.Health(); h != adapters.Up {
 		t.Errorf("health after recovery: %s", h)
 	}
 }

@@ -46,12 +46,6 @@ func init() {
 	})
 }
 
-// Health states.
-const (
-	StateOK   = "ok"
-	StateDown = "down"
-)
-
 const (
 	// readTimeout bounds every read: it is the latency of shutdown and of
 	// idle-gap detection. tarm turns it into VTIME (deciseconds, min 1).
@@ -70,8 +64,10 @@ const (
 )
 
 var (
-	_ adapters.Source = (*Device)(nil)
-	_ adapters.Sink   = (*Device)(nil)
+	_ adapters.Source         = (*Device)(nil)
+	_ adapters.Sink           = (*Device)(nil)
+	_ adapters.HealthReporter = (*Device)(nil)
+	_ io.Closer               = (*Device)(nil)
 )
 
 // errHangup is why a session ends when the tty was hung up or replaced.
@@ -99,7 +95,7 @@ type Device struct {
 
 	mu     sync.Mutex
 	port   *serial.Port // open port, nil while down
-	state  string
+	state  adapters.Health
 	detail string
 
 	frames, parseErrors, overlong, noise, emitErrors, opens atomic.Uint64
@@ -121,7 +117,7 @@ func New(device string, cfg Config, log *slog.Logger) (*Device, error) {
 	return &Device{
 		id: device, cfg: cfg, parse: p,
 		log:   log.With("device", device, "port", cfg.Port),
-		state: StateDown, detail: "not opened yet",
+		state: adapters.Down, detail: "not opened yet",
 	}, nil
 }
 
@@ -129,11 +125,10 @@ func New(device string, cfg Config, log *slog.Logger) (*Device, error) {
 // goroutine. Call it before Run.
 func (d *Device) SetTrace(fn func(Frame)) { d.trace = fn }
 
-// Health reports the port state: StateOK with an empty detail while the port
-// is open, StateDown with the reason otherwise. The gateway finds this method
-// by type assertion (interface{ Health() (state, detail string) }). Safe for
-// concurrent use.
-func (d *Device) Health() (state, detail string) {
+// Health implements adapters.HealthReporter: adapters.Up with an empty
+// detail while the port is open, adapters.Down with the reason otherwise.
+// Safe for concurrent use.
+func (d *Device) Health() (state adapters.Health, detail string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.state, d.detail
@@ -218,14 +213,14 @@ func (d *Device) Run(ctx context.Context, out adapters.Emitter) error {
 		}
 	}
 	d.mu.Lock()
-	d.state, d.detail = StateDown, "stopped"
+	d.state, d.detail = adapters.Down, "stopped"
 	d.mu.Unlock()
 	return nil
 }
 
 func (d *Device) setUp(p *serial.Port) {
 	d.mu.Lock()
-	d.port, d.state, d.detail = p, StateOK, ""
+	d.port, d.state, d.detail = p, adapters.Up, ""
 	d.mu.Unlock()
 }
 
@@ -233,7 +228,7 @@ func (d *Device) setUp(p *serial.Port) {
 // per outage, not per retry).
 func (d *Device) setDown(err error, first bool) {
 	d.mu.Lock()
-	d.state, d.detail = StateDown, err.Error()
+	d.state, d.detail = adapters.Down, err.Error()
 	d.mu.Unlock()
 	if first {
 		d.log.Warn("serial port down; will reopen", "err", err)

@@ -67,7 +67,7 @@ func startRig(t *testing.T, cfg Config) *rig {
 	cfg.Port = pp.B
 	r := &rig{t: t, rec: adaptertest.NewRecorder()}
 	r.dev = runDevice(t, cfg, r.rec)
-	waitState(t, r.dev, StateOK, 5*time.Second)
+	waitState(t, r.dev, adapters.Up, 5*time.Second)
 	r.sensor = openSensor(t, pp.A)
 	return r
 }
@@ -134,7 +134,7 @@ func (r *rig) values(n int) []map[string]any {
 	return out
 }
 
-func waitState(t *testing.T, d *Device, want string, within time.Duration) {
+func waitState(t *testing.T, d *Device, want adapters.Health, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -355,7 +355,7 @@ func TestPtyUnplugAndReplug(t *testing.T) {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		st, detail := dev.Health()
-		if st == StateDown && strings.Contains(detail, "no such file") {
+		if st == adapters.Down && strings.Contains(detail, "no such file") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -366,7 +366,7 @@ func TestPtyUnplugAndReplug(t *testing.T) {
 
 	// Plugged in: it opens by itself.
 	p1 := startSocat(t, a, b)
-	waitState(t, dev, StateOK, 5*time.Second)
+	waitState(t, dev, adapters.Up, 5*time.Second)
 	s1 := openSensor(t, a)
 	if _, err := s1.Write([]byte("n=1\n")); err != nil {
 		t.Fatal(err)
@@ -379,7 +379,7 @@ func TestPtyUnplugAndReplug(t *testing.T) {
 	p1.Kill()
 	os.Remove(a)
 	os.Remove(b)
-	waitState(t, dev, StateDown, 2*time.Second)
+	waitState(t, dev, adapters.Down, 2*time.Second)
 	t.Logf("down noticed %v after the pty went away", time.Since(pulled).Round(time.Millisecond))
 	s := "x"
 	if _, err := dev.Apply(context.Background(), msg.Command{Send: &s}); err == nil || errors.Is(err, adapters.ErrRejected) {
@@ -389,7 +389,7 @@ func TestPtyUnplugAndReplug(t *testing.T) {
 	// Plugged back: recovered without a restart, and data flows again.
 	replugged := time.Now()
 	startSocat(t, a, b)
-	waitState(t, dev, StateOK, 10*time.Second)
+	waitState(t, dev, adapters.Up, 10*time.Second)
 	t.Logf("reopened %v after the pty came back", time.Since(replugged).Round(time.Millisecond))
 	s2 := openSensor(t, a)
 	if _, err := s2.Write([]byte("n=2\n")); err != nil {
@@ -414,7 +414,7 @@ func TestCloseStopsRun(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(context.Background(), adaptertest.NewRecorder()) }()
-	waitState(t, d, StateOK, 5*time.Second)
+	waitState(t, d, adapters.Up, 5*time.Second)
 	start := time.Now()
 	d.Close()
 	select {
