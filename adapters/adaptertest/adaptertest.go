@@ -1,12 +1,17 @@
 // Package adaptertest is the conformance suite every adapter kind passes:
 // registration, config defaults, the Run lifecycle (readings tagged with the
-// device, prompt and clean return on cancel), and, for sinks, the rejection
-// contract (an unknown point is ErrRejected and touches nothing).
+// device, prompt and clean return on cancel), for sinks the rejection
+// contract (an unknown point is ErrRejected and touches nothing), and the
+// optional interfaces of package adapters: the kind implements exactly the
+// ones its Case names, Health always returns a valid state and may be called
+// at any time, SetLinkState may be called at any time, and Close is safe
+// more than once and without Run.
 package adaptertest
 
 import (
 	"context"
 	"errors"
+	"io"
 	"runtime"
 	"sync"
 	"testing"
@@ -26,6 +31,18 @@ type Case struct {
 	// UnknownCommand, for sinks, is a command naming a point the device
 	// does not have; Apply must reject it. Leave nil for sources only.
 	UnknownCommand *msg.Command
+	// Optional names the optional interfaces the kind's devices implement.
+	// The suite fails when a device implements one more or one less, so a
+	// method whose signature drifts cannot silently drop out of the
+	// gateway's sight.
+	Optional Optional
+}
+
+// Optional names the optional interfaces of package adapters.
+type Optional struct {
+	HealthReporter bool // adapters.HealthReporter
+	LinkObserver   bool // adapters.LinkObserver
+	Closer         bool // io.Closer
 }
 
 // Recorder is an Emitter that keeps every reading.
@@ -137,9 +154,7 @@ func Run(t *testing.T, c Case) {
 		case <-time.After(3 * time.Second):
 			t.Fatal("Run did not return within 3 s of cancel")
 		}
-		if c, ok := src.(interface{ Close() error }); ok {
-			_ = c.Close()
-		}
+		closeSource(t, src)
 		checkGoroutines(t, before)
 	})
 
@@ -167,10 +182,92 @@ func Run(t *testing.T, c Case) {
 				t.Fatalf("Run returned %v after cancel", err)
 			}
 		}
-		if c, ok := src.(interface{ Close() error }); ok {
-			_ = c.Close()
+		closeSource(t, src)
+	})
+
+	t.Run("OptionalInterfaces", func(t *testing.T) {
+		src, err := kind.New(c.Device, c.Config, nil)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		defer closeSource(t, src)
+		_, health := src.(adapters.HealthReporter)
+		_, link := src.(adapters.LinkObserver)
+		_, closer := src.(io.Closer)
+		if got := (Optional{HealthReporter: health, LinkObserver: link, Closer: closer}); got != c.Optional {
+			t.Errorf("%T implements %+v, the case says %+v", src, got, c.Optional)
 		}
 	})
+
+	if c.Optional.Closer {
+		t.Run("CloseWithoutRun", func(t *testing.T) {
+			src, err := kind.New(c.Device, c.Config, nil)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			cl := src.(io.Closer)
+			for i := range 2 {
+				if err := cl.Close(); err != nil {
+					t.Errorf("Close #%d without Run = %v, want nil", i+1, err)
+				}
+			}
+		})
+	}
+
+	if c.Optional.HealthReporter || c.Optional.LinkObserver {
+		t.Run("OptionalCallsDuringRun", func(t *testing.T) {
+			// The gateway calls Health and SetLinkState from its own
+			// goroutines, before, during and after Run: each call must
+			// return at once with a valid state (the race detector checks
+			// the rest).
+			src, err := kind.New(c.Device, c.Config, nil)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			defer closeSource(t, src)
+			poke := func(up bool) {
+				t.Helper()
+				if h, ok := src.(adapters.HealthReporter); ok {
+					checkHealth(t, h)
+				}
+				if lo, ok := src.(adapters.LinkObserver); ok {
+					callWithin(t, "SetLinkState", func() { lo.SetLinkState(up, time.Now()) })
+				}
+			}
+			poke(true) // before Run
+			rec := NewRecorder()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- src.Run(ctx, rec) }()
+			stop := make(chan struct{})
+			poked := make(chan struct{})
+			go func() {
+				defer close(poked)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					case <-time.After(5 * time.Millisecond):
+					}
+					poke(i%20 != 0) // mostly up, now and then a short outage
+				}
+			}()
+			rec.WaitN(t, 1, wait)
+			close(stop)
+			<-poked
+			poke(true)
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Run returned %v after cancel, want nil", err)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("Run did not return within 3 s of cancel")
+			}
+			poke(true) // after Run
+		})
+	}
 
 	if c.UnknownCommand != nil {
 		t.Run("SinkRejectsUnknown", func(t *testing.T) {
@@ -193,10 +290,51 @@ func Run(t *testing.T, c Case) {
 			}
 			cancel()
 			<-done
-			if c, ok := src.(interface{ Close() error }); ok {
-				_ = c.Close()
-			}
+			closeSource(t, src)
 		})
+	}
+}
+
+// closeSource closes src if it is an io.Closer, twice: the contract says
+// Close is safe more than once. Both calls must return nil.
+func closeSource(t *testing.T, src adapters.Source) {
+	t.Helper()
+	cl, ok := src.(io.Closer)
+	if !ok {
+		return
+	}
+	for i := range 2 {
+		if err := cl.Close(); err != nil {
+			t.Errorf("Close #%d = %v, want nil", i+1, err)
+		}
+	}
+}
+
+// checkHealth fails t unless h.Health returns at once with a valid state.
+func checkHealth(t *testing.T, h adapters.HealthReporter) {
+	t.Helper()
+	var state adapters.Health
+	var detail string
+	if !callWithin(t, "Health", func() { state, detail = h.Health() }) {
+		return
+	}
+	if _, err := state.MarshalText(); err != nil {
+		t.Errorf("Health() = %v (%q): %v", state, detail, err)
+	}
+}
+
+// callWithin reports whether fn returned within a second, failing t if not
+// (with t.Errorf: it runs on the suite's goroutines too).
+func callWithin(t *testing.T, name string, fn func()) (returned bool) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); fn() }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(time.Second):
+		t.Errorf("%s blocked for more than 1 s", name)
+		return false
 	}
 }
 

@@ -456,5 +456,6 @@ func TestConformance(t *testing.T) {
 		Config:         cfg,
 		Wait:           2 * time.Second,
 		UnknownCommand: &msg.Command{ID: "c1", Device: "sensor-1", Write: map[string]any{"nope": 1.0}},
+		Optional:       adaptertest.Optional{HealthReporter: true, Closer: true},
 	})
 }
