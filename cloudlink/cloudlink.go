@@ -70,15 +70,6 @@ const (
 	IdentityPerDevice Identity = "per-device"
 )
 
-// InboxFunc takes one C2D message in. It is called from one goroutine per
-// connection, in receive order; the message's PUBACK is sent only after it
-// returns nil, which must mean the message is stored durably (or deliberately
-// discarded). An error means "not stored": the session sends no further
-// PUBACKs on that connection and reconnects, so the broker delivers the
-// message again. Inbox must be idempotent on the $.mid property, because
-// brokers redeliver. It owns payload.
-type InboxFunc func(ctx context.Context, device string, props msg.Props, payload []byte) error
-
 // AzureOptions configures the Azure IoT Hub dialect.
 type AzureOptions struct {
 	Host            string // myhub.azure-devices.net
@@ -156,8 +147,12 @@ type Options struct {
 
 	Azure AzureOptions
 
-	// Inbox receives C2D messages; nil disables the C2D subscription.
-	Inbox InboxFunc
+	// Inbox receives C2D messages; nil disables the C2D subscription. It
+	// is called from one goroutine per connection, in receive order; the
+	// message's PUBACK is sent only after it returns nil. After an error
+	// the session sends no further PUBACKs on that connection and
+	// reconnects, so the broker delivers the message again.
+	Inbox msg.Intake
 
 	// connectGate, when set, is waited on before each connection attempt
 	// (a Fleet's shared connection rate limit).

@@ -37,7 +37,6 @@
 package hub
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,7 +76,7 @@ type Options struct {
 	// once the command is durably accepted (the command ledger); the PUBACK
 	// follows, in receive order like every PUBACK. An error refuses it like
 	// a D2C message the store refused. nil: operators cannot publish.
-	Commands func(ctx context.Context, device string, props msg.Props, payload []byte) error
+	Commands msg.Intake
 
 	Logger *slog.Logger
 }
