@@ -44,7 +44,6 @@ type Queue struct {
 	lastCommit time.Duration // duration of the last commit
 	sizeAt     time.Time     // when tables was measured (diskLow)
 	tables     int64         // size of the table files
-	eachMu     sync.Mutex
 
 	// lease side, guarded by mu (see lease.go)
 	mu             sync.Mutex
