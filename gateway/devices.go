@@ -17,10 +17,9 @@ import (
 
 // device is one running adapter device.
 type device struct {
-	cfg  config.Device
-	src  adapters.Source
-	sink adapters.Sink // nil when the adapter takes no commands
-	log  *slog.Logger
+	cfg config.Device
+	src adapters.Source // also an adapters.Sink if it takes commands
+	log *slog.Logger
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -77,7 +76,6 @@ func (g *Gateway) startDevice(ctx context.Context, dc config.Device) (*device, e
 		return nil, fmt.Errorf("gateway: device %s: %w", dc.ID, err)
 	}
 	d := &device{cfg: dc, src: src, log: log, done: make(chan struct{}), started: time.Now()}
-	d.sink, _ = src.(adapters.Sink)
 	ctx, d.cancel = context.WithCancel(ctx)
 	em := &emitter{g: g, dev: d}
 	go func() {

@@ -4,9 +4,10 @@
 // path as leaf messages, and serves health and status over HTTP.
 //
 // Subpackages hold the parts that are the gateway's own: config (the YAML
-// contract), hub (the embedded MQTT broker), msg (shared message types),
-// service (systemd integration), demo (the self-contained demo), and
-// peertest (real third-party peers for tests).
+// contract), hub (the embedded MQTT broker), commands (the C2D command
+// ledger), msg (shared message types), service (systemd integration), demo
+// (the self-contained demo), and peertest (real third-party peers for
+// tests).
 package gateway
 
 import (
@@ -22,9 +23,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outpost-iot/outpost/adapters"
 	"github.com/outpost-iot/outpost/cloudlink"
+	"github.com/outpost-iot/outpost/gateway/commands"
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store"
 )
 
@@ -36,7 +40,7 @@ type Gateway struct {
 	queue  *store.Queue
 	hubPtr atomic.Pointer[hub.Hub] // nil while the hub cannot listen
 	link   cloudlink.Link
-	ledger *ledger
+	ledger *commands.Ledger
 	http   *http.Server
 
 	httpAddr atomic.Value // string
@@ -92,7 +96,8 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The hub: a listener that cannot bind (a port taken by another
 	// broker) does not stop the gateway; it keeps storing and forwarding
 	// adapter data, reports 503 on /healthz, and retries the hub.
-	g.ledger = newLedger(g, q, g.cfg.Commands.TTL)
+	g.ledger = commands.New(commands.Options{Inbox: q, Targets: targets{g}, Leaves: targets{g},
+		TTL: g.cfg.Commands.TTL, Logger: g.log.With("part", "commands")})
 	hubUp := g.startHub(q)
 	wg.Go(func() { g.superviseHub(ctx, q, hubUp) })
 
@@ -141,7 +146,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		wg.Go(func() { g.watchLink(ctx) })
 	}
 	wg.Go(func() {
-		if err := g.ledger.run(ctx); err != nil {
+		if err := g.ledger.Run(ctx); err != nil {
 			g.fail("commands", err)
 			cancel(err)
 		}
@@ -288,14 +293,37 @@ func (g *Gateway) HubAddr() string {
 // hub returns the running local hub, or nil while it cannot listen.
 func (g *Gateway) hub() *hub.Hub { return g.hubPtr.Load() }
 
-// isLeaf reports whether id is a configured MQTT client of the hub.
-func (g *Gateway) isLeaf(id string) bool {
-	for _, c := range g.cfg.Hub.Clients {
+// targets is the gateway as the command ledger sees it: the running
+// adapter devices, the configured hub clients, and the hub for delivery.
+type targets struct{ g *Gateway }
+
+// Adapter implements commands.Targets.
+func (t targets) Adapter(id string) (adapters.Source, string, bool) {
+	d := t.g.device(id)
+	if d == nil {
+		return nil, "", false
+	}
+	return d.src, d.cfg.Kind, true
+}
+
+// IsLeaf implements commands.Targets: id is a configured MQTT client of the
+// hub.
+func (t targets) IsLeaf(id string) bool {
+	for _, c := range t.g.cfg.Hub.Clients {
 		if c.ID == id {
 			return true
 		}
 	}
 	return false
+}
+
+// Deliver implements commands.Deliverer on the running hub.
+func (t targets) Deliver(device string, props msg.Props, payload []byte, done func(error)) error {
+	h := t.g.hub()
+	if h == nil {
+		return commands.ErrNoHub
+	}
+	return h.Deliver(device, props, payload, done)
 }
 
 // startHub makes one attempt to start the hub; it reports whether it runs.

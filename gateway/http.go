@@ -4,14 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/cloudlink"
-	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/gateway/commands"
 	"github.com/outpost-iot/outpost/gateway/ui"
 	"github.com/outpost-iot/outpost/store"
 )
@@ -28,7 +27,7 @@ type Status struct {
 	Queue    store.Stats       `json:"queue"`
 	Link     *cloudlink.Status `json:"link,omitempty"`
 	Devices  []DeviceStatus    `json:"devices"`
-	Commands []CommandStatus   `json:"commands"`
+	Commands []commands.Status `json:"commands"`
 }
 
 // Status returns the current snapshot. It is safe to call at any time after
@@ -46,7 +45,9 @@ func (g *Gateway) Status() Status {
 	for _, d := range g.deviceList() {
 		s.Devices = append(s.Devices, d.status())
 	}
-	s.Commands = g.recentCommands()
+	if g.ledger != nil {
+		s.Commands = g.ledger.Recent(0)
+	}
 	s.Problems = g.problems()
 	s.Healthy = len(s.Problems) == 0
 	return s
@@ -92,8 +93,7 @@ func (g *Gateway) routes() http.Handler {
 		w.Write(ui.Index)
 	})
 	mux.Handle("GET /metrics", g.metricsHandler())
-	mux.HandleFunc("POST /api/devices/{id}/commands", g.postCommand)
-	mux.HandleFunc("GET /api/commands/{id}", g.getCommand)
+	g.ledger.Register(mux)
 	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -101,67 +101,6 @@ func (g *Gateway) routes() http.Handler {
 		_ = enc.Encode(g.Status())
 	})
 	return mux
-}
-
-// postCommand is POST /api/devices/{id}/commands: the body is a command
-// (`{"write":{...}}`, `{"send":"..."}`, `{"pulse":{...}}`, or any payload for
-// an MQTT leaf); optional query parameters id (default: generated) and ttl
-// (a duration, default commands.ttl). It answers 202 with the command's id
-// once the command is durably accepted, 200 for a duplicate id.
-func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
-	device := r.PathValue("id")
-	if g.device(device) == nil && !g.isLeaf(device) {
-		http.Error(w, fmt.Sprintf("no device %q on this gateway", device), http.StatusNotFound)
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
-	if err != nil || len(body) > 64<<10 {
-		http.Error(w, "body missing or larger than 64 KiB", http.StatusRequestEntityTooLarge)
-		return
-	}
-	var props msg.Props
-	if id := r.URL.Query().Get("id"); id != "" {
-		props = append(props, msg.Prop{Key: msg.PropMessageID, Value: id})
-	}
-	if ttl := r.URL.Query().Get("ttl"); ttl != "" {
-		d, err := time.ParseDuration(ttl)
-		if err != nil || d <= 0 {
-			http.Error(w, "ttl: want a positive duration such as 30s", http.StatusBadRequest)
-			return
-		}
-		props = append(props, msg.Prop{Key: msg.PropExpiry, Value: time.Now().Add(d).UTC().Format(time.RFC3339Nano)})
-	}
-	c, dup, err := g.ledger.accept(r.Context(), device, props, body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if dup {
-		w.WriteHeader(http.StatusOK)
-	} else {
-		w.WriteHeader(http.StatusAccepted)
-	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"id": c.ID, "device": device, "duplicate": dup})
-}
-
-// getCommand is GET /api/commands/{id}: the command's state and result.
-func (g *Gateway) getCommand(w http.ResponseWriter, r *http.Request) {
-	c, err := g.queue.Command(r.PathValue("id"))
-	if errors.Is(err, store.ErrNoCommand) {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	out := map[string]any{"id": c.ID, "device": c.Device, "state": c.State, "received": c.Received, "deadline": c.Deadline}
-	if c.State.Final() && json.Valid([]byte(c.Detail)) {
-		out["result"] = json.RawMessage(c.Detail)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
 }
 
 // Alive reports whether the gateway's own machinery works, for the systemd

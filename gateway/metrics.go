@@ -111,7 +111,9 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		m(dDevUp, prometheus.GaugeValue, v, s.ID, s.Kind)
 		m(dDevReadings, prometheus.CounterValue, float64(s.Readings), s.ID, s.Kind)
 	}
-	for state, n := range g.commandCounts() {
-		m(dCommands, prometheus.GaugeValue, float64(n), state)
+	if g.ledger != nil {
+		for state, n := range g.ledger.Counts() {
+			m(dCommands, prometheus.GaugeValue, float64(n), string(state))
+		}
 	}
 }
