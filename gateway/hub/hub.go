@@ -305,9 +305,13 @@ func (h *Hub) Close() error {
 }
 
 // Publish fans a stored record out to local subscribers (observers) on
-// r.Topic(). Adapter readings use it after their append; leaf messages are
-// fanned out by the hub itself once stored. It does not block on slow
-// subscribers (mochi queues per client and drops when a queue is full).
+// r.Topic(). It is the one fan-out of both ingest paths: the gateway calls
+// it for adapter readings after their append, and the hub calls it for a
+// leaf's message once the store has made it durable. Until some client has
+// subscribed to a D2C topic there is nobody to fan out to, and it returns
+// nil without building the topic. It returns ErrClosed before Start and
+// after Close. It does not block on slow subscribers (mochi queues per
+// client and drops when a queue is full).
 func (h *Hub) Publish(r *msg.Record) error {
 	srv := h.server()
 	if srv == nil {

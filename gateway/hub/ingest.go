@@ -239,7 +239,9 @@ func (s *session) run() {
 		}
 		for _, e := range ready {
 			if e.err == nil && !e.cmd {
-				s.h.fanOut(e.rec)
+				if err := s.h.Publish(e.rec); err != nil && !errors.Is(err, ErrClosed) {
+					s.h.log.Debug("hub: fan-out failed", "device", e.rec.Device, "error", err)
+				}
 			}
 		}
 		if finished {
@@ -291,21 +293,5 @@ func (s *session) write(b []byte) {
 	s.cl.Unlock()
 	if err != nil {
 		s.cl.Stop(err)
-	}
-}
-
-// fanOut publishes a stored record to local subscribers. Until some client
-// has subscribed to a D2C topic, there is nobody to fan out to and the
-// topic is not even built.
-func (h *Hub) fanOut(r *msg.Record) {
-	if !h.observed.Load() {
-		return
-	}
-	srv := h.server()
-	if srv == nil {
-		return
-	}
-	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
-		h.log.Debug("hub: fan-out failed", "device", r.Device, "error", err)
 	}
 }
