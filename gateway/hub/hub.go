@@ -95,7 +95,7 @@ type Hub struct {
 	log     *slog.Logger
 	clients map[string]*clientConf
 	srv     atomic.Pointer[mqtt.Server]
-	hook    *hook
+	hook    *mochiHook
 	plain   *listener
 	tls     *listener
 	rate    *rate.Limiter // new connections
@@ -214,7 +214,7 @@ func (h *Hub) Start() error {
 		Logger:                 h.log.With("part", "mochi"),
 		SysTopicResendInterval: 60,
 	})
-	h.hook = &hook{h: h}
+	h.hook = &mochiHook{h: h}
 	if err := srv.AddHook(h.hook, nil); err != nil {
 		return fmt.Errorf("hub: add hook: %w", err)
 	}

@@ -82,7 +82,7 @@ func refusalCode(err error) packets.Code {
 // of this client already await their PUBACK, OnPublish blocks, and so does
 // the reading of this client's connection: TCP flow control then slows the
 // client down.
-func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+func (k *mochiHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
 	}
