@@ -103,8 +103,8 @@ type Hub struct {
 	stats   counters
 	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
 
-	sessions sync.Map       // *mqtt.Client -> *session
-	writers  sync.WaitGroup // session goroutines
+	ingests  sync.Map       // *mqtt.Client -> *connIngest
+	writers  sync.WaitGroup // connIngest.run goroutines
 	closing  chan struct{}  // closed by Close
 	observed atomic.Bool    // some client has subscribed to D2C topics (then fan out)
 
@@ -292,7 +292,7 @@ func (h *Hub) Close() error {
 		h.closeListeners()
 	}
 	h.c2d.close()
-	// Wait for the store to answer what was submitted, so that no session
+	// Wait for the store to answer what was submitted, so that no connIngest
 	// goroutine outlives the hub; nobody is left to get those PUBACKs.
 	done := make(chan struct{})
 	go func() { h.writers.Wait(); close(done) }()
