@@ -46,7 +46,7 @@ type Queue struct {
 	tables     int64         // size of the table files
 	eachMu     sync.Mutex
 
-	// lease side, guarded by mu (see lease.go)
+	// lease side, guarded by mu (see outbox.go and park.go)
 	mu             sync.Mutex
 	cls            [msg.NumPriorities]classState
 	liveFrom       uint64                    // LeaseFrom's from
