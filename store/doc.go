@@ -19,15 +19,20 @@
 //
 // # Layout
 //
-// Keys are one prefix byte and big-endian numbers, so iteration order is
-// FIFO order:
+// Keys are one prefix byte followed by big-endian numbers (and strings), so
+// iteration order is FIFO order (codec.go and inbox.go build them):
 //
-//	'q' class seq    outbox record (class 0 High, 1 Normal, 2 Low)
-//	'x' seq          dead letter (reason, time, record)
-//	'm' "meta"       counters, next seq, per-class head, gap report (JSON)
-//	'c' id           inbox command
-//	'p' seq          inbox arrival index (pending commands)
-//	'f' time id      inbox finished index (retention)
+//	'q' class seq              outbox record, parked ones too (class 0 High, 1 Normal, 2 Low)
+//	'x' seq                    dead letter (time, reason, record)
+//	'm' "meta"                 counters, next seq, per-class head, gap report (JSON)
+//	'c' id                     inbox command (JSON)
+//	'p' device 0x00 seq        inbox pending index: arrival order per device
+//	'f' finished-ns id         inbox finished index, for the retention sweep
+//
+// Leased and parked are states kept in memory, not keys: a parked record
+// stays under its 'q' key, and Park, LeaseParked and Release only move its
+// reference between in-memory lists (see park.go). After a restart a record
+// that was leased or parked is simply queued again.
 //
 // Counters (depth, bytes, appends, drops, ...) live in the meta key, written
 // in the same transaction as the change they count, so they are exact after

@@ -17,8 +17,8 @@ import (
 // The inbox keeps cloud-to-device commands from the moment they arrive until
 // a retention window after they finish, in the same Badger database as the
 // outbox and with the same durability (every change is synced before it
-// returns). It is a ledger, not a queue: dispatch (issue 8) lists pending
-// commands and moves them through their states.
+// returns). It is a ledger, not a queue: the gateway's command dispatch
+// lists pending commands and moves them through their states.
 //
 //	'c' id                       the command (JSON)
 //	'p' device 0x00 seq          pending index: arrival order per device

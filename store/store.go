@@ -45,7 +45,7 @@ type Queue struct {
 	sizeAt     time.Time     // when tables was measured (diskLow)
 	tables     int64         // size of the table files
 
-	// lease side, guarded by mu (see lease.go)
+	// lease side, guarded by mu (see outbox.go and park.go)
 	mu             sync.Mutex
 	cls            [msg.NumPriorities]classState
 	liveFrom       uint64                    // LeaseFrom's from

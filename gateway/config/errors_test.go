@@ -151,7 +151,7 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// Issue 2: a config with three different mistakes gives three errors.
+// A config with three different mistakes gives three errors.
 func TestThreeMistakes(t *testing.T) {
 	_, err := Load(filepath.Join("testdata", "three.bad.yaml"))
 	var es Errors

@@ -47,8 +47,9 @@ func dialMQTT(t *testing.T, addr string, version byte, id string) net.Conn {
 // connection. mochi's closeListenerClients sends every client a DISCONNECT
 // (reason 0x8B, server shutting down) whatever its protocol version, and
 // mosquitto_pub 2.0.11 -l, given that packet, stops reading its input and
-// never reconnects: a leaf needed a human after every gateway restart.
-// Found by this suite, fixed in the hub (de25f2e); this is the regression test.
+// never reconnects: such a leaf would need a human after every gateway
+// restart. The hub therefore closes a 3.1.1 connection at shutdown without a
+// DISCONNECT; this test holds it to that.
 func TestFaultShutdownSendsNoDisconnectToV311(t *testing.T) {
 	g := newGateway(t, gwConfig{leaves: []string{"raw-1"}})
 	g.start()

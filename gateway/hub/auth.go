@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
@@ -137,51 +136,4 @@ func eventsOnlyFilter(f string) bool {
 		return false
 	}
 	return parts[1] == "+" || msg.ValidDeviceID(parts[1]) == nil
-}
-
-// hook is the hub's single mochi hook: auth, ACL, ingest and C2D tracking.
-// It must be the only hook providing OnConnectAuthenticate and OnACLCheck:
-// mochi ORs those across hooks.
-type hook struct {
-	mqtt.HookBase
-	h *Hub
-}
-
-func (k *hook) ID() string { return "outpost-hub" }
-
-func (k *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect,
-		mqtt.OnConnectAuthenticate,
-		mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect,
-		mqtt.OnPacketRead,
-		mqtt.OnPublish,
-		mqtt.OnSubscribed,
-		mqtt.OnQosComplete,
-	}, []byte{b})
-}
-
-// OnConnect drops a will: it would be published without being stored.
-func (k *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	cl.Properties.Will = mqtt.Will{}
-	return nil
-}
-
-func (k *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	ok := k.h.authenticate(cl, pk)
-	if !ok {
-		k.h.stats.authFailures.Add(1)
-		k.h.log.Debug("hub: login refused", "client", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote)
-	}
-	return ok
-}
-
-func (k *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	ok := k.h.allowed(cl, topic, write)
-	if !ok {
-		k.h.stats.aclDenied.Add(1)
-	}
-	return ok
 }

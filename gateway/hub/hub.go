@@ -94,7 +94,7 @@ type Hub struct {
 	log     *slog.Logger
 	clients map[string]*clientConf
 	srv     atomic.Pointer[mqtt.Server]
-	hook    *hook
+	hook    *mochiHook
 	plain   *listener
 	tls     *listener
 	rate    *rate.Limiter // new connections
@@ -102,8 +102,8 @@ type Hub struct {
 	stats   counters
 	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
 
-	sessions sync.Map       // *mqtt.Client -> *session
-	writers  sync.WaitGroup // session goroutines
+	ingests  sync.Map       // *mqtt.Client -> *connIngest
+	writers  sync.WaitGroup // connIngest.run goroutines
 	closing  chan struct{}  // closed by Close
 	observed atomic.Bool    // some client has subscribed to D2C topics (then fan out)
 
@@ -213,7 +213,7 @@ func (h *Hub) Start() error {
 		Logger:                 h.log.With("part", "mochi"),
 		SysTopicResendInterval: 60,
 	})
-	h.hook = &hook{h: h}
+	h.hook = &mochiHook{h: h}
 	if err := srv.AddHook(h.hook, nil); err != nil {
 		return fmt.Errorf("hub: add hook: %w", err)
 	}
@@ -291,7 +291,7 @@ func (h *Hub) Close() error {
 		h.closeListeners()
 	}
 	h.c2d.close()
-	// Wait for the store to answer what was submitted, so that no session
+	// Wait for the store to answer what was submitted, so that no connIngest
 	// goroutine outlives the hub; nobody is left to get those PUBACKs.
 	done := make(chan struct{})
 	go func() { h.writers.Wait(); close(done) }()
@@ -304,9 +304,13 @@ func (h *Hub) Close() error {
 }
 
 // Publish fans a stored record out to local subscribers (observers) on
-// r.Topic(). Adapter readings use it after their append; leaf messages are
-// fanned out by the hub itself once stored. It does not block on slow
-// subscribers (mochi queues per client and drops when a queue is full).
+// r.Topic(). It is the one fan-out of both ingest paths: the gateway calls
+// it for adapter readings after their append, and the hub calls it for a
+// leaf's message once the store has made it durable. Until some client has
+// subscribed to a D2C topic there is nobody to fan out to, and it returns
+// nil without building the topic. It returns ErrClosed before Start and
+// after Close. It does not block on slow subscribers (mochi queues per
+// client and drops when a queue is full).
 func (h *Hub) Publish(r *msg.Record) error {
 	srv := h.server()
 	if srv == nil {

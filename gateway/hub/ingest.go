@@ -24,7 +24,7 @@ var ErrStoreFull = errors.New("hub: store full")
 var ErrTooLarge = errors.New("hub: message too large")
 
 // errRejected is what OnPublish returns for every leaf message: the hub,
-// not mochi, answers it (see session).
+// not mochi, answers it (see connIngest).
 var errRejected = fmt.Errorf("hub: handled by the hub: %w", packets.ErrRejectPacket)
 
 func isFull(err error) bool {
@@ -76,21 +76,21 @@ func refusalCode(err error) packets.Code {
 }
 
 // OnPublish takes a leaf's message off mochi's path: it is submitted to
-// the store and answered by the client's session in receive order once the
-// store has answered (see session.run). Returning ErrRejectPacket makes
+// the store and answered by the client's connIngest in receive order once
+// the store has answered (see connIngest.run). Returning ErrRejectPacket makes
 // mochi send nothing and fan out nothing itself. When MaxInflight messages
 // of this client already await their PUBACK, OnPublish blocks, and so does
 // the reading of this client's connection: TCP flow control then slows the
 // client down.
-func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+func (k *mochiHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
 	}
 	h := k.h
 	h.stats.received.Add(1)
-	s := h.session(cl)
+	ci := h.ingestFor(cl)
 	select {
-	case s.slots <- struct{}{}:
+	case ci.slots <- struct{}{}:
 	case <-h.closing:
 		cl.Stop(ErrClosed)
 		return pk, errRejected
@@ -99,30 +99,30 @@ func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if dev, ps, err := msg.ParseDeviceboundTopic(pk.TopicName); err == nil {
 		// An operator's command (the ACL let only operators publish here).
 		e.cmd = true
-		s.mu.Lock()
-		s.q = append(s.q, e)
-		s.mu.Unlock()
+		ci.mu.Lock()
+		ci.q = append(ci.q, e)
+		ci.mu.Unlock()
 		payload := append([]byte(nil), pk.Payload...)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			s.complete(e, h.opt.Commands(ctx, dev, ps, payload))
+			ci.complete(e, h.opt.Commands(ctx, dev, ps, payload))
 		}()
 		return pk, errRejected
 	}
 	r, err := h.record(cl, pk)
-	s.mu.Lock()
-	s.q = append(s.q, e)
-	s.mu.Unlock()
+	ci.mu.Lock()
+	ci.q = append(ci.q, e)
+	ci.mu.Unlock()
 	if err != nil {
-		s.complete(e, err)
+		ci.complete(e, err)
 		return pk, errRejected
 	}
 	e.rec = r
 	h.stats.pending.Add(1)
 	h.out.Submit([]*msg.Record{r}, func(err error) {
 		h.stats.pending.Add(-1)
-		s.complete(e, err)
+		ci.complete(e, err)
 	})
 	return pk, errRejected
 }
@@ -138,12 +138,12 @@ type entry struct {
 	err   error
 }
 
-// session is the ingest state of one connection: its received messages in
-// order, and a goroutine that sends their PUBACKs (and fans them out) in
+// connIngest is the ingest state of one connection: its received messages
+// in order, and a goroutine that sends their PUBACKs (and fans them out) in
 // that order as the store completes them. MQTT requires PUBACKs in receive
-// order; the store's group commit completes them in order too, but the
-// session does not rely on it.
-type session struct {
+// order; the store's group commit completes them in order too, but
+// connIngest does not rely on it.
+type connIngest struct {
 	h     *Hub
 	cl    *mqtt.Client
 	v5    bool
@@ -156,90 +156,94 @@ type session struct {
 	killed bool // a 3.1.1 client was disconnected for a refusal
 }
 
-func (h *Hub) session(cl *mqtt.Client) *session {
-	if v, ok := h.sessions.Load(cl); ok {
-		return v.(*session)
+// ingestFor returns cl's connIngest, creating it (and starting its run
+// goroutine) on the client's first PUBLISH.
+func (h *Hub) ingestFor(cl *mqtt.Client) *connIngest {
+	if v, ok := h.ingests.Load(cl); ok {
+		return v.(*connIngest)
 	}
-	s := &session{
+	ci := &connIngest{
 		h:     h,
 		cl:    cl,
 		v5:    cl.Properties.ProtocolVersion == 5,
 		slots: make(chan struct{}, h.opt.MaxInflight),
 		wake:  make(chan struct{}, 1),
 	}
-	h.sessions.Store(cl, s)
+	h.ingests.Store(cl, ci)
 	h.writers.Add(1)
-	go s.run()
-	return s
+	go ci.run()
+	return ci
 }
 
-func (s *session) complete(e *entry, err error) {
-	s.mu.Lock()
+func (ci *connIngest) complete(e *entry, err error) {
+	ci.mu.Lock()
 	e.done, e.err = true, err
-	s.mu.Unlock()
-	s.poke()
+	ci.mu.Unlock()
+	ci.poke()
 }
 
-func (s *session) poke() {
+func (ci *connIngest) poke() {
 	select {
-	case s.wake <- struct{}{}:
+	case ci.wake <- struct{}{}:
 	default:
 	}
 }
 
-// ingestOffline is called when a client's connection ends: its session
+// ingestOffline is called when a client's connection ends: its connIngest
 // answers nothing more, but still fans out what gets stored.
 func (h *Hub) ingestOffline(cl *mqtt.Client) {
-	v, ok := h.sessions.LoadAndDelete(cl)
+	v, ok := h.ingests.LoadAndDelete(cl)
 	if !ok {
 		return
 	}
-	s := v.(*session)
-	s.mu.Lock()
-	s.ended = true
-	s.mu.Unlock()
-	s.poke()
+	ci := v.(*connIngest)
+	ci.mu.Lock()
+	ci.ended = true
+	ci.mu.Unlock()
+	ci.poke()
 }
 
 // run answers completed entries from the head of the queue until the
 // connection has ended and nothing is left.
-func (s *session) run() {
-	defer s.h.writers.Done()
+func (ci *connIngest) run() {
+	defer ci.h.writers.Done()
 	var ready []*entry
 	var acks []byte
-	for range s.wake {
-		s.mu.Lock()
+	for range ci.wake {
+		ci.mu.Lock()
 		n := 0
-		for n < len(s.q) && s.q[n].done {
+		for n < len(ci.q) && ci.q[n].done {
 			n++
 		}
-		ready = append(ready[:0], s.q[:n]...)
-		s.q = append(s.q[:0], s.q[n:]...)
-		quiet := s.ended || s.killed
-		finished := s.ended && len(s.q) == 0
-		s.mu.Unlock()
+		ready = append(ready[:0], ci.q[:n]...)
+		ci.q = append(ci.q[:0], ci.q[n:]...)
+		quiet := ci.ended || ci.killed
+		finished := ci.ended && len(ci.q) == 0
+		ci.mu.Unlock()
 
 		acks = acks[:0]
 		for _, e := range ready {
 			if e.err != nil {
-				acks = s.refuse(e, acks, quiet)
-				quiet = quiet || s.killedNow()
+				acks = ci.refuse(e, acks, quiet)
+				quiet = quiet || ci.killedNow()
 				continue
 			}
 			if !e.cmd {
-				s.h.stats.stored.Add(1)
+				ci.h.stats.stored.Add(1)
 			}
 			if e.qos > 0 && !quiet {
 				acks = append(acks, 0x40, 2, byte(e.pid>>8), byte(e.pid))
 			}
 		}
-		s.write(acks)
+		ci.write(acks)
 		for range ready {
-			<-s.slots
+			<-ci.slots
 		}
 		for _, e := range ready {
 			if e.err == nil && !e.cmd {
-				s.h.fanOut(e.rec)
+				if err := ci.h.Publish(e.rec); err != nil && !errors.Is(err, ErrClosed) {
+					ci.h.log.Debug("hub: fan-out failed", "device", e.rec.Device, "error", err)
+				}
 			}
 		}
 		if finished {
@@ -248,64 +252,48 @@ func (s *session) run() {
 	}
 }
 
-func (s *session) killedNow() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.killed
+func (ci *connIngest) killedNow() bool {
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	return ci.killed
 }
 
 // refuse answers a message that was not stored. It never sends a success
 // PUBACK: MQTT 5 QoS 1 gets a failure reason code; MQTT 3.1.1 has none, so
 // the client is disconnected (after the PUBACKs before it) and sends the
 // message again after reconnecting. A refused QoS 0 message is dropped.
-func (s *session) refuse(e *entry, acks []byte, quiet bool) []byte {
-	h := s.h
+func (ci *connIngest) refuse(e *entry, acks []byte, quiet bool) []byte {
+	h := ci.h
 	h.stats.refused.Add(1)
 	if isFull(e.err) {
 		h.stats.refusedFull.Add(1)
 	}
-	h.log.Debug("hub: message refused", "client", s.cl.ID, "topic", e.topic, "error", e.err)
+	h.log.Debug("hub: message refused", "client", ci.cl.ID, "topic", e.topic, "error", e.err)
 	if quiet || e.qos == 0 {
 		return acks
 	}
-	if s.v5 {
+	if ci.v5 {
 		code := refusalCode(e.err)
 		return append(acks, 0x40, 3, byte(e.pid>>8), byte(e.pid), code.Code)
 	}
-	s.write(acks)
-	s.mu.Lock()
-	s.killed = true
-	s.mu.Unlock()
-	s.cl.Stop(e.err)
+	ci.write(acks)
+	ci.mu.Lock()
+	ci.killed = true
+	ci.mu.Unlock()
+	ci.cl.Stop(e.err)
 	return acks[:0]
 }
 
 // write sends encoded PUBACKs in one write, under the client's lock (which
 // mochi's WritePacket takes too, so packets never interleave).
-func (s *session) write(b []byte) {
-	if len(b) == 0 || s.cl.Closed() {
+func (ci *connIngest) write(b []byte) {
+	if len(b) == 0 || ci.cl.Closed() {
 		return
 	}
-	s.cl.Lock()
-	_, err := s.cl.Net.Conn.Write(b)
-	s.cl.Unlock()
+	ci.cl.Lock()
+	_, err := ci.cl.Net.Conn.Write(b)
+	ci.cl.Unlock()
 	if err != nil {
-		s.cl.Stop(err)
-	}
-}
-
-// fanOut publishes a stored record to local subscribers. Until some client
-// has subscribed to a D2C topic, there is nobody to fan out to and the
-// topic is not even built.
-func (h *Hub) fanOut(r *msg.Record) {
-	if !h.observed.Load() {
-		return
-	}
-	srv := h.server()
-	if srv == nil {
-		return
-	}
-	if err := srv.Publish(r.Topic(), r.Payload, false, 1); err != nil {
-		h.log.Debug("hub: fan-out failed", "device", r.Device, "error", err)
+		ci.cl.Stop(err)
 	}
 }

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 
@@ -11,12 +12,59 @@ import (
 // errQoS2 disconnects a client that sends a QoS 2 PUBLISH.
 var errQoS2 = fmt.Errorf("hub: qos 2 not supported: %w", packets.ErrRejectPacket)
 
+// mochiHook is the hub's single mochi hook: auth, ACL, ingest (OnPublish,
+// in ingest.go) and C2D tracking. It must be the only hook providing
+// OnConnectAuthenticate and OnACLCheck: mochi ORs those across hooks.
+type mochiHook struct {
+	mqtt.HookBase
+	h *Hub
+}
+
+func (k *mochiHook) ID() string { return "outpost-hub" }
+
+func (k *mochiHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnPacketRead,
+		mqtt.OnPublish,
+		mqtt.OnSubscribed,
+		mqtt.OnQosComplete,
+	}, []byte{b})
+}
+
+// OnConnect drops a will: it would be published without being stored.
+func (k *mochiHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	cl.Properties.Will = mqtt.Will{}
+	return nil
+}
+
+func (k *mochiHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ok := k.h.authenticate(cl, pk)
+	if !ok {
+		k.h.stats.authFailures.Add(1)
+		k.h.log.Debug("hub: login refused", "client", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote)
+	}
+	return ok
+}
+
+func (k *mochiHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	ok := k.h.allowed(cl, topic, write)
+	if !ok {
+		k.h.stats.aclDenied.Add(1)
+	}
+	return ok
+}
+
 // OnPacketRead refuses QoS 2 before mochi would downgrade it (and answer a
 // QoS 2 sender with a PUBACK it does not expect), and sees every PUBACK a
 // leaf sends: mochi's own bookkeeping of outbound packet ids can be wiped
 // by an inbound PUBLISH that reuses the id, so C2D completion is matched
 // here rather than in OnQosComplete.
-func (k *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+func (k *mochiHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos > 1:
 		k.h.stats.refused.Add(1)
@@ -33,13 +81,13 @@ func (k *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, nil
 }
 
-func (k *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+func (k *mochiHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.stats.connects.Add(1)
 	k.h.conns.Store(cl.Net.Conn, cl)
 	k.h.c2d.online(cl)
 }
 
-func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+func (k *mochiHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	for i, f := range pk.Filters {
 		if i < len(codes) && codes[i] < 0x80 && eventsOnlyFilter(f.Filter) {
 			k.h.observed.Store(true)
@@ -48,7 +96,7 @@ func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	k.h.c2d.online(cl)
 }
 
-func (k *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+func (k *mochiHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	k.h.conns.Delete(cl.Net.Conn)
 	k.h.c2d.offline(cl)
 	k.h.ingestOffline(cl)
