@@ -10,9 +10,10 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
-// meta is the durable bookkeeping, one JSON value under metaKey.
+// meta is the durable bookkeeping, one JSON value under layout.MetaKey.
 type meta struct {
 	Version  int    `json:"v"`
 	Instance string `json:"instance"` // random; prefix of generated ids
@@ -61,7 +62,7 @@ func (m *meta) depth() uint64 {
 func (q *Queue) loadMeta() error {
 	var raw []byte
 	err := q.db.View(func(txn *badger.Txn) error {
-		it, err := txn.Get(metaKey)
+		it, err := txn.Get(layout.MetaKey)
 		if err != nil {
 			return err
 		}
