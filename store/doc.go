@@ -35,5 +35,6 @@
 // Lease never iterates over deleted keys (Badger's tombstones).
 //
 // The sub-package internal/layout builds and parses the keys and encodes
-// the records and dead letters.
+// the records and dead letters; internal/damage checks the files before
+// Badger opens them, keeps the clean-close mark and quarantines.
 package store

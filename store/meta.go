@@ -10,6 +10,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/damage"
 	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
@@ -73,20 +74,20 @@ func (q *Queue) loadMeta() error {
 	case errors.Is(err, badger.ErrKeyNotFound):
 		empty, err := q.isEmpty()
 		if err != nil {
-			return fmt.Errorf("%w: %v", errDamaged, err)
+			return fmt.Errorf("%w: %v", damage.ErrDamaged, err)
 		}
 		if !empty {
-			return fmt.Errorf("%w: records without meta", errDamaged)
+			return fmt.Errorf("%w: records without meta", damage.ErrDamaged)
 		}
 		var b [6]byte
 		rand.Read(b[:])
 		q.m = meta{Version: 1, Instance: hex.EncodeToString(b[:]), NextSeq: 1, GapGen: 1}
 		return nil
 	case err != nil:
-		return fmt.Errorf("%w: read meta: %v", errDamaged, err)
+		return fmt.Errorf("%w: read meta: %v", damage.ErrDamaged, err)
 	}
 	if err := json.Unmarshal(raw, &q.m); err != nil || q.m.Version != 1 || q.m.NextSeq == 0 {
-		return fmt.Errorf("%w: meta %q: %v", errDamaged, raw, err)
+		return fmt.Errorf("%w: meta %q: %v", damage.ErrDamaged, raw, err)
 	}
 	return nil
 }
