@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -9,6 +8,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // DeadLetter is a record the forwarder rejected as undeliverable.
@@ -18,32 +18,9 @@ type DeadLetter struct {
 	At     time.Time
 }
 
-// dead value: version u8 | at varint ns | reason (uvarint len + bytes) | record encoding
-func encodeDead(reason string, at time.Time, rec []byte) []byte {
-	b := make([]byte, 0, len(rec)+len(reason)+16)
-	b = append(b, 1)
-	b = binary.AppendVarint(b, at.UnixNano())
-	b = appendString(b, reason)
-	return append(b, rec...)
-}
-
-func decodeDead(v []byte, seq uint64) (DeadLetter, error) {
-	d := decoder{b: v}
-	if d.byte() != 1 {
-		return DeadLetter{}, fmt.Errorf("%w: dead letter %d: unknown version", errCorruptRecord, seq)
-	}
-	at := time.Unix(0, d.varint())
-	reason := d.string()
-	if d.err != nil {
-		return DeadLetter{}, fmt.Errorf("%w: dead letter %d", d.err, seq)
-	}
-	rec, err := decodeRecord(d.b, seq)
-	return DeadLetter{Record: rec, Reason: reason, At: at}, err
-}
-
 func (q *Queue) applyReject(b *batch, o *op) error {
 	r := o.refs[0]
-	item, err := b.txn.Get(outboxKey(r.class, r.seq))
+	item, err := b.txn.Get(layout.OutboxKey(r.class, r.seq))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		o.err = fmt.Errorf("store: record %d is gone", r.seq)
 		return nil
@@ -57,10 +34,10 @@ func (q *Queue) applyReject(b *batch, o *op) error {
 		o.err = err
 		return nil
 	}
-	if err := b.set(deadKey(r.seq), encodeDead(o.reason, b.now, rec)); err != nil {
+	if err := b.set(layout.DeadKey(r.seq), layout.EncodeDead(o.reason, b.now, rec)); err != nil {
 		return err
 	}
-	if err := b.del(outboxKey(r.class, r.seq)); err != nil {
+	if err := b.del(layout.OutboxKey(r.class, r.seq)); err != nil {
 		return err
 	}
 	q.m.uncount(r)
@@ -74,14 +51,14 @@ func (q *Queue) trimDead(b *batch) error {
 	if q.m.DeadDepth <= uint64(q.opt.MaxDead) {
 		return nil
 	}
-	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pDead}})
+	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{layout.Dead}})
 	defer it.Close()
-	for it.Seek(deadKey(q.m.DeadHead)); it.Valid() && q.m.DeadDepth > uint64(q.opt.MaxDead); it.Next() {
+	for it.Seek(layout.DeadKey(q.m.DeadHead)); it.Valid() && q.m.DeadDepth > uint64(q.opt.MaxDead); it.Next() {
 		k := it.Item().KeyCopy(nil)
 		if err := b.del(k); err != nil {
 			return err
 		}
-		q.m.DeadHead = binary.BigEndian.Uint64(k[1:]) + 1
+		q.m.DeadHead = layout.DeadSeq(k) + 1
 		q.m.DeadDepth--
 		q.m.DeadDropped++
 	}
@@ -93,14 +70,14 @@ func (q *Queue) trimDead(b *batch) error {
 func (q *Queue) Dead(after uint64, max int) ([]DeadLetter, error) {
 	var out []DeadLetter
 	err := q.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pDead}})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{layout.Dead}})
 		defer it.Close()
-		for it.Seek(deadKey(after + 1)); it.Valid() && (max <= 0 || len(out) < max); it.Next() {
-			seq := binary.BigEndian.Uint64(it.Item().Key()[1:])
+		for it.Seek(layout.DeadKey(after + 1)); it.Valid() && (max <= 0 || len(out) < max); it.Next() {
+			seq := layout.DeadSeq(it.Item().Key())
 			var dl DeadLetter
 			err := it.Item().Value(func(v []byte) error {
-				var err error
-				dl, err = decodeDead(v, seq)
+				rec, reason, at, err := layout.DecodeDead(v, seq)
+				dl = DeadLetter{Record: rec, Reason: reason, At: at}
 				return err
 			})
 			if err != nil {
@@ -129,9 +106,9 @@ func (q *Queue) Peek(max int) ([]*msg.Record, error) {
 	var out []*msg.Record
 	err := q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && len(out) < max; c++ {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
-			for it.Seek(outboxKey(c, from[c])); it.Valid() && len(out) < max; it.Next() {
-				_, seq, _ := parseOutboxKey(it.Item().Key())
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
+			for it.Seek(layout.OutboxKey(c, from[c])); it.Valid() && len(out) < max; it.Next() {
+				_, seq, _ := layout.ParseOutboxKey(it.Item().Key())
 				rec, err := itemRecord(it.Item(), seq)
 				if err != nil {
 					it.Close()

@@ -6,6 +6,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // evict deletes, in b, the oldest records that are not leased (released,
@@ -68,7 +69,7 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 		cs.cursor = cursors[c]
 	}
 	for _, r := range victims {
-		if err := b.del(outboxKey(r.class, r.seq)); err != nil {
+		if err := b.del(layout.OutboxKey(r.class, r.seq)); err != nil {
 			return false, err
 		}
 		q.m.uncount(r)
@@ -83,11 +84,11 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 // advancing *cursor past them. The write transaction's iterator also sees
 // records appended earlier in this batch.
 func (q *Queue) evictScan(b *batch, c msg.Priority, need int64, fits func() bool, cursor *uint64, victims *[]ref, got *int64) error {
-	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
+	it := b.txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
 	defer it.Close()
 	var freed int64
-	for it.Seek(outboxKey(c, *cursor)); it.Valid() && freed < need && fits(); it.Next() {
-		_, seq, ok := parseOutboxKey(it.Item().Key())
+	for it.Seek(layout.OutboxKey(c, *cursor)); it.Valid() && freed < need && fits(); it.Next() {
+		_, seq, ok := layout.ParseOutboxKey(it.Item().Key())
 		if !ok {
 			continue
 		}
@@ -103,7 +104,7 @@ func (q *Queue) evictScan(b *batch, c msg.Priority, need int64, fits func() bool
 		var size int
 		err := it.Item().Value(func(v []byte) error {
 			var err error
-			size, _, err = recordHead(v)
+			size, _, err = layout.RecordHead(v)
 			return err
 		})
 		if err != nil {
@@ -158,9 +159,9 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 			if r, ok := cs.oldestParked(); (ok && r.seq < cs.cursor) || len(cs.released) > 0 {
 				continue // a live released or parked record is older than anything at the cursor
 			}
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
-			for it.Seek(outboxKey(c, cs.cursor)); it.Valid() && len(drops) < limit; it.Next() {
-				_, seq, _ := parseOutboxKey(it.Item().Key())
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
+			for it.Seek(layout.OutboxKey(c, cs.cursor)); it.Valid() && len(drops) < limit; it.Next() {
+				_, seq, _ := layout.ParseOutboxKey(it.Item().Key())
 				if _, ok := q.leased[seq]; ok {
 					continue
 				}
@@ -174,7 +175,7 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 				var enq time.Time
 				err := it.Item().Value(func(v []byte) error {
 					var err error
-					size, enq, err = recordHead(v)
+					size, enq, err = layout.RecordHead(v)
 					return err
 				})
 				if err != nil || now.Sub(enq) <= q.opt.TTL {
@@ -196,14 +197,14 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 }
 
 func (q *Queue) enqueuedAt(txn *badger.Txn, r ref) (time.Time, bool) {
-	item, err := txn.Get(outboxKey(r.class, r.seq))
+	item, err := txn.Get(layout.OutboxKey(r.class, r.seq))
 	if err != nil {
 		return time.Time{}, false
 	}
 	var enq time.Time
 	err = item.Value(func(v []byte) error {
 		var err error
-		_, enq, err = recordHead(v)
+		_, enq, err = layout.RecordHead(v)
 		return err
 	})
 	return enq, err == nil

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // The inbox keeps cloud-to-device commands from the moment they arrive until
@@ -71,22 +71,6 @@ var (
 	ErrCommandFinal = errors.New("store: command already finished")
 )
 
-func cmdKey(id string) []byte { return append([]byte{pCmd}, id...) }
-
-func pendingPrefix(device string) []byte {
-	k := append([]byte{pPending}, device...)
-	return append(k, 0)
-}
-
-func pendingKey(device string, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(pendingPrefix(device), seq)
-}
-
-func finishedKey(at time.Time, id string) []byte {
-	k := binary.BigEndian.AppendUint64([]byte{pFinished}, uint64(max(at.UnixNano(), 0)))
-	return append(k, id...)
-}
-
 // PutCommand stores c durably and returns after the sync. A command whose ID
 // is already in the inbox (also a finished one, within its retention) is a
 // duplicate: PutCommand returns dup=true and changes nothing, so the caller
@@ -115,7 +99,7 @@ func (q *Queue) PutCommand(ctx context.Context, c *Command) (dup bool, err error
 		if err := q.diskLow(); err != nil {
 			return err
 		}
-		_, err := b.txn.Get(cmdKey(in.ID))
+		_, err := b.txn.Get(layout.CmdKey(in.ID))
 		if err == nil {
 			dup = true
 			return nil
@@ -129,13 +113,13 @@ func (q *Queue) PutCommand(ctx context.Context, c *Command) (dup bool, err error
 		if err != nil {
 			return err
 		}
-		if err := b.set(cmdKey(in.ID), v); err != nil {
+		if err := b.set(layout.CmdKey(in.ID), v); err != nil {
 			return err
 		}
 		if in.State.Final() {
-			return b.set(finishedKey(in.Updated, in.ID), nil)
+			return b.set(layout.FinishedKey(in.Updated, in.ID), nil)
 		}
-		return b.set(pendingKey(in.Device, in.Seq), []byte(in.ID))
+		return b.set(layout.PendingKey(in.Device, in.Seq), []byte(in.ID))
 	})
 	if err != nil {
 		return false, fmt.Errorf("store: put command %s: %w", c.ID, err)
@@ -159,7 +143,7 @@ func (q *Queue) Command(id string) (Command, error) {
 
 func getCommand(txn *badger.Txn, id string) (Command, error) {
 	var c Command
-	item, err := txn.Get(cmdKey(id))
+	item, err := txn.Get(layout.CmdKey(id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return c, fmt.Errorf("store: command %s: %w", id, ErrNoCommand)
 	}
@@ -177,9 +161,9 @@ func getCommand(txn *badger.Txn, id string) (Command, error) {
 // order; device "" lists every device's, in arrival order. max <= 0: all.
 func (q *Queue) PendingCommands(device string, max int) ([]Command, error) {
 	var out []Command
-	prefix := []byte{pPending}
+	prefix := []byte{layout.Pending}
 	if device != "" {
-		prefix = pendingPrefix(device)
+		prefix = layout.PendingPrefix(device)
 	}
 	err := q.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
@@ -264,25 +248,25 @@ func putState(b *batch, id string, c Command, state CommandState, detail string)
 	if err != nil {
 		return err
 	}
-	if err := b.set(cmdKey(id), v); err != nil {
+	if err := b.set(layout.CmdKey(id), v); err != nil {
 		return err
 	}
 	if !state.Final() {
 		return nil
 	}
-	if err := b.del(pendingKey(c.Device, c.Seq)); err != nil {
+	if err := b.del(layout.PendingKey(c.Device, c.Seq)); err != nil {
 		return err
 	}
-	return b.set(finishedKey(c.Updated, id), nil)
+	return b.set(layout.FinishedKey(c.Updated, id), nil)
 }
 
 // sweepCommands deletes finished commands older than CommandRetention.
 func (q *Queue) sweepCommands(ctx context.Context, now time.Time) error {
-	cutoff := finishedKey(now.Add(-q.opt.CommandRetention), "")
+	cutoff := layout.FinishedKey(now.Add(-q.opt.CommandRetention), "")
 	for {
 		more := false
 		err := q.do(ctx, func(b *batch) error {
-			it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{pFinished}})
+			it := b.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{layout.Finished}})
 			var keys [][]byte
 			for it.Rewind(); it.Valid(); it.Next() {
 				k := it.Item().KeyCopy(nil)
@@ -300,7 +284,7 @@ func (q *Queue) sweepCommands(ctx context.Context, now time.Time) error {
 				if err := b.del(k); err != nil {
 					return err
 				}
-				if err := b.del(cmdKey(string(k[9:]))); err != nil {
+				if err := b.del(layout.CmdKey(layout.FinishedID(k))); err != nil {
 					return err
 				}
 			}

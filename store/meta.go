@@ -10,9 +10,11 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/damage"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
-// meta is the durable bookkeeping, one JSON value under metaKey.
+// meta is the durable bookkeeping, one JSON value under layout.MetaKey.
 type meta struct {
 	Version  int    `json:"v"`
 	Instance string `json:"instance"` // random; prefix of generated ids
@@ -61,7 +63,7 @@ func (m *meta) depth() uint64 {
 func (q *Queue) loadMeta() error {
 	var raw []byte
 	err := q.db.View(func(txn *badger.Txn) error {
-		it, err := txn.Get(metaKey)
+		it, err := txn.Get(layout.MetaKey)
 		if err != nil {
 			return err
 		}
@@ -72,20 +74,20 @@ func (q *Queue) loadMeta() error {
 	case errors.Is(err, badger.ErrKeyNotFound):
 		empty, err := q.isEmpty()
 		if err != nil {
-			return fmt.Errorf("%w: %v", errDamaged, err)
+			return fmt.Errorf("%w: %v", damage.ErrDamaged, err)
 		}
 		if !empty {
-			return fmt.Errorf("%w: records without meta", errDamaged)
+			return fmt.Errorf("%w: records without meta", damage.ErrDamaged)
 		}
 		var b [6]byte
 		rand.Read(b[:])
 		q.m = meta{Version: 1, Instance: hex.EncodeToString(b[:]), NextSeq: 1, GapGen: 1}
 		return nil
 	case err != nil:
-		return fmt.Errorf("%w: read meta: %v", errDamaged, err)
+		return fmt.Errorf("%w: read meta: %v", damage.ErrDamaged, err)
 	}
 	if err := json.Unmarshal(raw, &q.m); err != nil || q.m.Version != 1 || q.m.NextSeq == 0 {
-		return fmt.Errorf("%w: meta %q: %v", errDamaged, raw, err)
+		return fmt.Errorf("%w: meta %q: %v", damage.ErrDamaged, raw, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // classState is the in-memory lease state of one priority class, guarded by
@@ -200,7 +201,7 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 			for i < len(cs.released) && cs.released[i].seq < *cursor && more() {
 				r := cs.released[i]
 				cs.released = slices.Delete(cs.released, i, i+1)
-				item, err := txn.Get(outboxKey(c, r.seq))
+				item, err := txn.Get(layout.OutboxKey(c, r.seq))
 				if errors.Is(err, badger.ErrKeyNotFound) {
 					continue
 				}
@@ -217,9 +218,9 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 			if !more() {
 				break
 			}
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
-			for it.Seek(outboxKey(c, *cursor)); it.Valid() && more(); it.Next() {
-				_, seq, ok := parseOutboxKey(it.Item().Key())
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
+			for it.Seek(layout.OutboxKey(c, *cursor)); it.Valid() && more(); it.Next() {
+				_, seq, ok := layout.ParseOutboxKey(it.Item().Key())
 				if !ok {
 					continue
 				}
@@ -260,7 +261,7 @@ func itemRecord(item *badger.Item, seq uint64) (*msg.Record, error) {
 	var rec *msg.Record
 	err := item.Value(func(v []byte) error {
 		var err error
-		rec, err = decodeRecord(v, seq)
+		rec, err = layout.DecodeRecord(v, seq)
 		return err
 	})
 	return rec, err

@@ -8,6 +8,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // Parking is for a forwarder that cannot send some records now (their
@@ -72,7 +73,7 @@ func (q *Queue) LeaseParked(seqs ...uint64) ([]*msg.Record, error) {
 			if !ok {
 				continue
 			}
-			item, err := txn.Get(outboxKey(r.class, r.seq))
+			item, err := txn.Get(layout.OutboxKey(r.class, r.seq))
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				continue
 			}

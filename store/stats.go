@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // ClassStats is one priority class of the outbox.
@@ -70,11 +71,11 @@ func (q *Queue) Stats() Stats {
 			if s.Classes[c].Depth == 0 {
 				continue
 			}
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: classPrefix(c)})
-			it.Seek(outboxKey(c, from[c]))
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
+			it.Seek(layout.OutboxKey(c, from[c]))
 			if it.Valid() {
 				_ = it.Item().Value(func(v []byte) error {
-					_, enq, err := recordHead(v)
+					_, enq, err := layout.RecordHead(v)
 					if err == nil && (s.Oldest.IsZero() || enq.Before(s.Oldest)) {
 						s.Oldest = enq
 					}

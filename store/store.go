@@ -16,6 +16,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/damage"
 )
 
 // Queue is the durable store. All methods are safe for concurrent use.
@@ -89,10 +90,10 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 	}
 	dir := filepath.Join(dataDir, "queue")
 	q, err := open(dir, opt, false, false)
-	if err == nil || !isDamage(err) {
+	if err == nil || !damage.Is(err) {
 		return q, err
 	}
-	qdir, qerr := quarantine(dataDir, dir)
+	qdir, qerr := damage.Quarantine(dataDir, dir)
 	if qerr != nil {
 		return nil, fmt.Errorf("store: %v; quarantine failed: %w", err, qerr)
 	}
@@ -174,48 +175,9 @@ func lockShared(dir string) (unlock func(), err error) {
 	return func() { once.Do(func() { f.Close() }) }, nil
 }
 
-func quarantine(dataDir, dir string) (string, error) {
-	base := filepath.Join(dataDir, "quarantine-"+time.Now().UTC().Format("20060102T150405Z"))
-	qdir := base
-	for i := 1; ; i++ {
-		if _, err := os.Lstat(qdir); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		qdir = fmt.Sprintf("%s-%d", base, i)
-	}
-	return qdir, os.Rename(dir, qdir)
-}
-
-// errDamaged marks open failures that mean the files are damaged.
-var errDamaged = errors.New("store: damaged")
-
-// isDamage tells damage (quarantine) from environmental failures (return).
-// Badger flattens most errors to text ("... err: ..."), so the environmental
-// ones are recognised by their text too.
-func isDamage(err error) bool {
-	if errors.Is(err, errDamaged) {
-		return true
-	}
-	for _, e := range []error{os.ErrPermission, syscall.EWOULDBLOCK, syscall.ENOSPC, syscall.EROFS,
-		syscall.EIO, syscall.ENOMEM, syscall.EMFILE, syscall.ENFILE, syscall.EACCES} {
-		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
-			return false
-		}
-	}
-	if strings.Contains(err.Error(), "Cannot acquire directory lock") {
-		return false
-	}
-	// Badger reports damage as plain errors (checksum mismatch, bad
-	// manifest, truncated table); anything else from Open is damage.
-	return true
-}
-
 func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error) {
 	bo := opt.badger(dir, badgerRO)
-	if err := precheck(dir, bo); err != nil {
-		return nil, err
-	}
-	db, err := openBadger(bo)
+	db, err := damage.Open(bo)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +199,7 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		db.Close()
 		return nil, err
 	}
-	if err := checkClean(dir, q.m, readOnly); err != nil {
+	if err := damage.CheckClean(dir, q.m.NextSeq, q.m.CmdSeq, readOnly); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -257,24 +219,21 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 	return q, nil
 }
 
-// openBadger opens Badger, turning a panic on damaged files into an error.
-func openBadger(bo badger.Options) (db *badger.DB, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: badger open panicked: %v", errDamaged, p)
-		}
-	}()
-	db, err = badger.Open(bo)
-	if err != nil {
-		if db != nil { // some failures return a half-open DB with goroutines running
-			func() {
-				defer func() { recover() }()
-				db.Close()
-			}()
-		}
-		return nil, fmt.Errorf("store: open %s: %w", bo.Dir, err)
+// verifyLoop checks every table block's checksum once after open, in the
+// background (Options.Verify). Damage is logged at error level and reported
+// in Stats.Damaged and the outpost_store_damaged gauge; the readable records
+// keep flowing.
+func (q *Queue) verifyLoop() {
+	defer q.bg.Done()
+	err := damage.Verify(q.db)
+	if err == nil || q.closed.Load() || errors.Is(err, badger.ErrDBClosed) {
+		return
 	}
-	return db, nil
+	q.log.Error("store: damaged blocks found; records in them cannot be sent", "error", err)
+	q.mu.Lock()
+	q.damaged = err.Error()
+	q.mu.Unlock()
+	q.met.damaged.Set(1)
 }
 
 // Close stops the background goroutines, commits what was already queued
@@ -291,7 +250,7 @@ func (q *Queue) Close() error {
 		q.closeErr = q.db.Close()
 		q.dbmu.Unlock()
 		if q.closeErr == nil && !q.readOnly {
-			q.closeErr = writeClean(q.dir, q.m)
+			q.closeErr = damage.WriteClean(q.dir, q.m.NextSeq, q.m.CmdSeq)
 		}
 		if q.snapshot != "" {
 			os.RemoveAll(q.snapshot)

@@ -13,6 +13,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/store/internal/layout"
 )
 
 // The writer goroutine owns q.m and is the only one to write to Badger. Every
@@ -384,7 +385,7 @@ func (q *Queue) applyAppend(b *batch, o *op) error {
 		r.Seq = q.m.NextSeq
 		q.m.NextSeq++
 		r.Enqueued = b.now
-		if err := b.set(outboxKey(r.Priority, r.Seq), encodeRecord(nil, r)); err != nil {
+		if err := b.set(layout.OutboxKey(r.Priority, r.Seq), layout.EncodeRecord(nil, r)); err != nil {
 			return err
 		}
 		c := &q.m.Classes[r.Priority]
@@ -398,7 +399,7 @@ func (q *Queue) applyAppend(b *batch, o *op) error {
 
 func (q *Queue) applyDelete(b *batch, o *op) error {
 	for _, r := range o.refs {
-		if err := b.del(outboxKey(r.class, r.seq)); err != nil {
+		if err := b.del(layout.OutboxKey(r.class, r.seq)); err != nil {
 			return err
 		}
 		q.m.uncount(r)
@@ -450,7 +451,7 @@ func (q *Queue) putMeta(b *batch) error {
 	if err != nil {
 		return errBatch{err}
 	}
-	return b.set(metaKey, v)
+	return b.set(layout.MetaKey, v)
 }
 
 // diskLow returns ErrFull when the file system holding the store has less

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/goburrow/modbus"
+
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 )
 
 // benchPoints is 100 points over the slave's tables: 60 holding registers
@@ -25,7 +27,8 @@ func benchPoints(url string) *Config {
 		}
 		typ := []string{"int16", "float32"}[r.IntN(2)]
 		c.Points = append(c.Points, Point{Name: fmt.Sprintf("h%d", i), Address: a, Type: typ})
-		next = a + typeByName[typ].words()
+		ty, _ := codec.ParseType(typ)
+		next = a + ty.Words()
 	}
 	for i, a := range pick(30, 100) {
 		c.Points = append(c.Points, Point{Name: fmt.Sprintf("c%d", i), Table: "coil", Address: a})

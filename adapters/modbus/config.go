@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 )
 
 // Config is one device's devices[].modbus section. It is decoded strictly
@@ -173,7 +174,7 @@ func (c *Config) resolve() (*device, error) {
 func (p *Point) resolve(path string, base int, devInterval time.Duration) (*point, []error) {
 	var errs []error
 	add := func(key, f string, a ...any) { errs = append(errs, adapters.Errorf(path+"."+key, f, a...)) }
-	pt := &point{name: p.Name, bit: -1, scale: 1, offset: p.Offset, interval: p.Interval,
+	pt := &point{Field: codec.Field{Name: p.Name, Bit: -1, Scale: 1, Offset: p.Offset}, interval: p.Interval,
 		deadband: p.Deadband, heartbeat: p.Heartbeat, writable: p.Writable}
 	if p.Name == "" {
 		add("name", "required")
@@ -194,45 +195,45 @@ func (p *Point) resolve(path string, base int, devInterval time.Duration) (*poin
 			tyname = "bool"
 		}
 	}
-	ty, ok := typeByName[tyname]
+	ty, ok := codec.ParseType(tyname)
 	if !ok {
 		add("type", "unknown type %q (want bool, int16, uint16, int32, uint32, int64, uint64, float32, float64 or string)", p.Type)
 	}
-	pt.typ = ty
-	if ok && tb.bits() && ty != typeBool {
+	pt.Type = ty
+	if ok && tb.bits() && ty != codec.Bool {
 		add("type", "a %s point is bool, not %s", tname, tyname)
 	}
 	if p.Bit != nil {
 		switch {
 		case tb.bits():
 			add("bit", "bit is for register tables; a %s is already one bit", tname)
-		case ty != typeBool:
+		case ty != codec.Bool:
 			add("bit", "bit needs type bool")
 		case *p.Bit < 0 || *p.Bit > 15:
 			add("bit", "must be 0..15, got %d", *p.Bit)
 		}
-		pt.bit = *p.Bit
-	} else if ok && ty == typeBool && !tb.bits() {
+		pt.Bit = *p.Bit
+	} else if ok && ty == codec.Bool && !tb.bits() {
 		add("bit", "a bool point in the %s table needs bit: 0..15", tname)
 	}
-	pt.words = ty.words()
-	if ty == typeString {
+	pt.Words = ty.Words()
+	if ty == codec.String {
 		if p.Length <= 0 || p.Length > maxRegisters {
 			add("length", "a string needs length: 1..%d registers", maxRegisters)
 		}
-		pt.words = max(p.Length, 1)
+		pt.Words = max(p.Length, 1)
 	} else if p.Length != 0 {
 		add("length", "length is for strings")
 	}
-	ord, ok := orderByName[strings.ToUpper(p.Order)]
+	ord, ok := codec.ParseOrder(p.Order)
 	if !ok {
 		add("order", "unknown order %q (want ABCD, CDAB, BADC or DCBA)", p.Order)
 	} else if p.Order != "" && tb.bits() {
 		add("order", "order is for registers, not %s", tname)
 	}
-	pt.order = ord
+	pt.Order = ord
 	addr := p.Address - base
-	if addr < 0 || addr+pt.words > 1<<16 {
+	if addr < 0 || addr+pt.Words > 1<<16 {
 		add("address", "address %d out of range (address_base %d)", p.Address, base)
 	} else {
 		pt.addr = uint16(addr)
@@ -241,10 +242,10 @@ func (p *Point) resolve(path string, base int, devInterval time.Duration) (*poin
 		if *p.Scale == 0 {
 			add("scale", "must not be 0")
 		} else {
-			pt.scale = *p.Scale
+			pt.Scale = *p.Scale
 		}
 	}
-	numeric := ty != typeBool && ty != typeString
+	numeric := ty != codec.Bool && ty != codec.String
 	if (p.Scale != nil || p.Offset != 0) && !numeric {
 		add("scale", "scale and offset are for numbers, not %s", tyname)
 	}

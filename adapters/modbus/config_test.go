@@ -12,6 +12,7 @@ import (
 	"github.com/goccy/go-yaml"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 )
 
 // decode decodes a devices[].modbus node the way the config loader does:
@@ -81,7 +82,7 @@ points:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.bus.addr != "127.0.0.1:502" || d.points[1].typ != typeUint16 || d.points[1].table != tableHolding {
+	if d.bus.addr != "127.0.0.1:502" || d.points[1].Type != codec.Uint16 || d.points[1].table != tableHolding {
 		t.Errorf("resolved %+v %+v", d.bus, d.points[1])
 	}
 	if _, err := decode(t, "url: tcp://h\nadress: 1\n"); err == nil {

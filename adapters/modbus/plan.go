@@ -62,7 +62,7 @@ func plan(points []*point, maxGap int, c *cuts) []request {
 	var out []request
 	for i := 0; i < len(ps); {
 		p := ps[i]
-		r := request{table: p.table, start: p.addr, count: p.words, points: []*point{p}}
+		r := request{table: p.table, start: p.addr, count: p.Words, points: []*point{p}}
 		gap := gapLimit(p.table, maxGap)
 		for i++; i < len(ps); i++ {
 			q := ps[i]

@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +11,18 @@ import (
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+func mustPoint(t testing.TB, p Point) *point {
+	t.Helper()
+	if p.Name == "" {
+		p.Name = "p"
+	}
+	pt, errs := p.resolve("p", 0, 1)
+	if len(errs) > 0 {
+		t.Fatal(errors.Join(errs...))
+	}
+	return pt
+}
 
 // scattered returns n non-overlapping points of mixed widths spread over
 // holding and input registers and coils, the same every run.
@@ -87,16 +100,16 @@ func TestPlan100Scattered(t *testing.T) {
 			t.Errorf("request %s %d+%d over the limit", r.table, r.start, r.count)
 		}
 		for _, p := range r.points {
-			seen[p.name]++
+			seen[p.Name]++
 			if p.table != r.table || p.addr < r.start || p.end() > r.end() {
-				t.Errorf("%s (%s %d..%d) outside its request %s %d+%d", p.name, p.table, p.addr, p.end(), r.table, r.start, r.count)
+				t.Errorf("%s (%s %d..%d) outside its request %s %d+%d", p.Name, p.table, p.addr, p.end(), r.table, r.start, r.count)
 			}
 		}
 		fmt.Fprintf(&golden, "%s %d+%d: %d points\n", r.table, r.start, r.count, len(r.points))
 	}
 	for _, p := range ps {
-		if seen[p.name] != 1 {
-			t.Errorf("%s is in %d requests", p.name, seen[p.name])
+		if seen[p.Name] != 1 {
+			t.Errorf("%s is in %d requests", p.Name, seen[p.Name])
 		}
 	}
 	checkGolden(t, "testdata/plan100.golden", golden.String())

@@ -10,6 +10,7 @@ import (
 
 	"github.com/goburrow/modbus"
 
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -23,9 +24,9 @@ type pollResult struct {
 }
 
 func (r *pollResult) fail(p *point, err string) {
-	r.errs[p.name] = err
+	r.errs[p.Name] = err
 	if r.firstErr == "" {
-		r.firstErr = p.name + ": " + err
+		r.firstErr = p.Name + ": " + err
 	}
 }
 
@@ -77,12 +78,12 @@ func (d *Device) exec(ctx context.Context, b *Bus, r request, res *pollResult) e
 	if err == nil {
 		res.answered++
 		for _, p := range r.points {
-			v, derr := p.decodeWords(w[int(p.addr)-int(r.start):])
+			v, derr := p.Decode(w[int(p.addr)-int(r.start):])
 			if derr != nil {
 				res.fail(p, derr.Error())
 				continue
 			}
-			res.values[p.name] = v
+			res.values[p.Name] = v
 		}
 		return nil
 	}
@@ -125,7 +126,7 @@ func (d *Device) addCut(t table, addr int) {
 func (d *Device) planFor(points []*point) []request {
 	var k strings.Builder
 	for _, p := range points {
-		k.WriteString(p.name)
+		k.WriteString(p.Name)
 		k.WriteByte(0)
 	}
 	d.mu.Lock()
@@ -153,7 +154,7 @@ type reported struct {
 func newReporter(points []*point) *reporter {
 	r := &reporter{points: map[string]*point{}, last: map[string]reported{}}
 	for _, p := range points {
-		r.points[p.name] = p
+		r.points[p.Name] = p
 	}
 	return r
 }
@@ -178,12 +179,12 @@ func (r *reporter) reading(device string, now time.Time, res pollResult) (msg.Re
 }
 
 func (r *reporter) changed(p *point, v any, now time.Time) bool {
-	prev, ok := r.last[p.name]
+	prev, ok := r.last[p.Name]
 	if !ok || p.heartbeat > 0 && now.Sub(prev.at) >= p.heartbeat {
 		return true
 	}
-	a, errA := number(v)
-	b, errB := number(prev.v)
+	a, errA := codec.Number(v)
+	b, errB := codec.Number(prev.v)
 	if errA != nil || errB != nil || p.deadband == 0 {
 		return v != prev.v
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/goburrow/modbus"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 )
 
 const toolUsage = `Usage:
@@ -175,8 +176,8 @@ func toolRead(ctx context.Context, f *toolFlags, pos []string, out io.Writer) er
 	if err != nil {
 		return err
 	}
-	if f.count < 1 || f.count*p.words > p.table.limit() || int(p.addr)+f.count*p.words > 1<<16 {
-		return fmt.Errorf("--count %d: one read holds at most %d %s values", f.count, p.table.limit()/p.words, p.typ)
+	if f.count < 1 || f.count*p.Words > p.table.limit() || int(p.addr)+f.count*p.Words > 1<<16 {
+		return fmt.Errorf("--count %d: one read holds at most %d %s values", f.count, p.table.limit()/p.Words, p.Type)
 	}
 	b, err := toolBus(pos[0])
 	if err != nil {
@@ -186,26 +187,26 @@ func toolRead(ctx context.Context, f *toolFlags, pos []string, out io.Writer) er
 	var w []uint16
 	err = b.Do(ctx, byte(f.unit), f.timeout, 0, func(c modbus.Client) error {
 		var err error
-		w, err = read(c, p.table, p.addr, f.count*p.words)
+		w, err = read(c, p.table, p.addr, f.count*p.Words)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("unit %d: read %s %d+%d: %w", f.unit, p.table, p.addr, f.count*p.words, err)
+		return fmt.Errorf("unit %d: read %s %d+%d: %w", f.unit, p.table, p.addr, f.count*p.Words, err)
 	}
 	return printValues(out, p, f.base, f.count, w)
 }
 
 func printValues(out io.Writer, p *point, base, count int, w []uint16) error {
 	for i := range count {
-		v, err := p.decodeWords(w[i*p.words:])
+		v, err := p.Decode(w[i*p.Words:])
 		if err != nil {
-			fmt.Fprintf(out, "%s[%d] = error: %v\n", p.table, int(p.addr)+i*p.words+base, err)
+			fmt.Fprintf(out, "%s[%d] = error: %v\n", p.table, int(p.addr)+i*p.Words+base, err)
 			continue
 		}
 		if s, ok := v.(string); ok {
 			v = strconv.Quote(s)
 		}
-		fmt.Fprintf(out, "%s[%d] = %v\n", p.table, int(p.addr)+i*p.words+base, v)
+		fmt.Fprintf(out, "%s[%d] = %v\n", p.table, int(p.addr)+i*p.Words+base, v)
 	}
 	return nil
 }
@@ -223,18 +224,18 @@ func toolWrite(ctx context.Context, f *toolFlags, pos []string, out io.Writer) e
 	}
 	vals := pos[1:]
 	n := len(vals)
-	if p.typ == typeBool && p.table == tableHolding && n != 1 {
+	if p.Type == codec.Bool && p.table == tableHolding && n != 1 {
 		return errors.New("a register bit takes exactly one VALUE")
 	}
-	if n*p.words > 123 || p.table == tableCoil && n > 1968 {
+	if n*p.Words > 123 || p.table == tableCoil && n > 1968 {
 		return fmt.Errorf("%d values do not fit in one write", n)
 	}
 	// Encode everything before touching the bus.
 	var words []uint16
 	var bits []bool
 	for _, s := range vals {
-		if p.typ == typeBool {
-			on, err := boolValue(s)
+		if p.Type == codec.Bool {
+			on, err := codec.BoolValue(s)
 			if err != nil {
 				return fmt.Errorf("VALUE %q: %w", s, err)
 			}
@@ -242,14 +243,14 @@ func toolWrite(ctx context.Context, f *toolFlags, pos []string, out io.Writer) e
 			continue
 		}
 		var v any = s
-		if p.typ != typeString {
+		if p.Type != codec.String {
 			if i, err := strconv.ParseInt(s, 0, 64); err == nil {
 				v = i
 			} else if u, err := strconv.ParseUint(s, 0, 64); err == nil {
 				v = u
 			}
 		}
-		ws, err := p.encodeWords(v)
+		ws, err := p.Encode(v)
 		if err != nil {
 			return fmt.Errorf("VALUE %q: %w", s, err)
 		}
@@ -278,12 +279,12 @@ func toolWrite(ctx context.Context, f *toolFlags, pos []string, out io.Writer) e
 				}
 			}
 			_, err = c.WriteMultipleCoils(p.addr, uint16(n), packed)
-		case p.typ == typeBool: // a register bit: read, modify, FC 6
+		case p.Type == codec.Bool: // a register bit: read, modify, FC 6
 			var r []uint16
 			if r, err = read(c, tableHolding, p.addr, 1); err == nil {
-				v := r[0] &^ (1 << p.bit)
+				v := r[0] &^ (1 << p.Bit)
 				if bits[0] {
-					v |= 1 << p.bit
+					v |= 1 << p.Bit
 				}
 				err = writeRegisters(c, p.addr, []uint16{v})
 			}
@@ -293,7 +294,7 @@ func toolWrite(ctx context.Context, f *toolFlags, pos []string, out io.Writer) e
 		if err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
-		back, err = read(c, p.table, p.addr, n*p.words)
+		back, err = read(c, p.table, p.addr, n*p.Words)
 		if err != nil {
 			return fmt.Errorf("read back: %w", err)
 		}

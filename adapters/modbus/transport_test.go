@@ -48,7 +48,7 @@ func TestScheduler(t *testing.T) {
 	s := newScheduler(d, t0)
 	names := func(ps []*point) (n []string) {
 		for _, p := range ps {
-			n = append(n, p.name)
+			n = append(n, p.Name)
 		}
 		return n
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/goburrow/modbus"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/adapters/modbus/codec"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -47,7 +48,7 @@ func (d *Device) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error)
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(cmd.Write)) {
 		v := cmd.Write[name]
-		i := slices.IndexFunc(d.cfg.points, func(p *point) bool { return p.name == name })
+		i := slices.IndexFunc(d.cfg.points, func(p *point) bool { return p.Name == name })
 		if i < 0 {
 			errs = append(errs, fmt.Errorf("unknown point %q", name))
 			continue
@@ -59,13 +60,13 @@ func (d *Device) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error)
 		}
 		o := op{p: p}
 		var err error
-		if p.typ == typeBool {
-			o.on, err = boolValue(v)
+		if p.Type == codec.Bool {
+			o.on, err = codec.BoolValue(v)
 			if err != nil {
-				err = fmt.Errorf("%w: %s: %v", errBadValue, name, err)
+				err = fmt.Errorf("%w: %s: %v", codec.ErrBadValue, name, err)
 			}
 		} else {
-			o.words, err = p.encodeWords(v)
+			o.words, err = p.Encode(v)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -92,13 +93,13 @@ func (d *Device) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error)
 		var readback any
 		err := b.Do(ctx, d.cfg.unit, d.cfg.timeout, d.cfg.turnaround, func(c modbus.Client) error {
 			if err := d.write(c, o.p, o.words, o.on); err != nil {
-				return fmt.Errorf("write %s: %w", o.p.name, err)
+				return fmt.Errorf("write %s: %w", o.p.Name, err)
 			}
-			w, err := d.timed(func() ([]uint16, error) { return read(c, o.p.table, o.p.addr, o.p.words) })
+			w, err := d.timed(func() ([]uint16, error) { return read(c, o.p.table, o.p.addr, o.p.Words) })
 			if err != nil {
-				return fmt.Errorf("%w %s: %w", errReadBack, o.p.name, err)
+				return fmt.Errorf("%w %s: %w", errReadBack, o.p.Name, err)
 			}
-			readback, err = o.p.decodeWords(w)
+			readback, err = o.p.Decode(w)
 			return err
 		})
 		if err != nil {
@@ -108,7 +109,7 @@ func (d *Device) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error)
 			res.Status, res.Error = msg.StatusFailed, err.Error()
 			return res, fmt.Errorf("modbus %s: %w", d.id, err)
 		}
-		res.Values[o.p.name] = readback
+		res.Values[o.p.Name] = readback
 	}
 	return res, nil
 }
@@ -126,14 +127,14 @@ func (d *Device) write(c modbus.Client, p *point, words []uint16, on bool) error
 		}
 		_, err := d.timed(func() ([]uint16, error) { _, err := c.WriteSingleCoil(p.addr, v); return nil, err })
 		return err
-	case p.typ == typeBool: // one bit of a holding register: read, modify, write
+	case p.Type == codec.Bool: // one bit of a holding register: read, modify, write
 		w, err := d.timed(func() ([]uint16, error) { return read(c, tableHolding, p.addr, 1) })
 		if err != nil {
-			return fmt.Errorf("read before setting bit %d: %w", p.bit, err)
+			return fmt.Errorf("read before setting bit %d: %w", p.Bit, err)
 		}
-		words = []uint16{w[0] &^ (1 << p.bit)}
+		words = []uint16{w[0] &^ (1 << p.Bit)}
 		if on {
-			words[0] |= 1 << p.bit
+			words[0] |= 1 << p.Bit
 		}
 	}
 	_, err := d.timed(func() ([]uint16, error) { return nil, writeRegisters(c, p.addr, words) })

@@ -1,4 +1,10 @@
-package store
+// Package damage finds damage in a store's files before and while Badger
+// opens them, so that a damaged store is an error the store can quarantine
+// rather than a panic on one of Badger's goroutines (a crash loop). It also
+// keeps the clean-close mark, which tells data lost to a damaged MANIFEST
+// or write-ahead log from a normal crash recovery, and moves a damaged
+// store aside. Every damage it reports wraps ErrDamaged.
+package damage
 
 import (
 	"encoding/json"
@@ -7,12 +13,88 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/ristretto/v2/z"
 )
+
+// ErrDamaged marks open failures that mean the files are damaged.
+var ErrDamaged = errors.New("store: damaged")
+
+// Is tells damage (quarantine) from environmental failures (return).
+// Badger flattens most errors to text ("... err: ..."), so the environmental
+// ones are recognised by their text too.
+func Is(err error) bool {
+	if errors.Is(err, ErrDamaged) {
+		return true
+	}
+	for _, e := range []error{os.ErrPermission, syscall.EWOULDBLOCK, syscall.ENOSPC, syscall.EROFS,
+		syscall.EIO, syscall.ENOMEM, syscall.EMFILE, syscall.ENFILE, syscall.EACCES} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return false
+		}
+	}
+	if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+		return false
+	}
+	// Badger reports damage as plain errors (checksum mismatch, bad
+	// manifest, truncated table); anything else from Open is damage.
+	return true
+}
+
+// Open opens Badger with bo after precheck has found no damage in bo.Dir,
+// turning a panic on damaged files into an error wrapping ErrDamaged.
+func Open(bo badger.Options) (db *badger.DB, err error) {
+	if err := precheck(bo.Dir, bo); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: badger open panicked: %v", ErrDamaged, p)
+		}
+	}()
+	db, err = badger.Open(bo)
+	if err != nil {
+		if db != nil { // some failures return a half-open DB with goroutines running
+			func() {
+				defer func() { recover() }()
+				db.Close()
+			}()
+		}
+		return nil, fmt.Errorf("store: open %s: %w", bo.Dir, err)
+	}
+	return db, nil
+}
+
+// Verify checks every block's checksum (badger.DB.VerifyChecksum), turning
+// the panic Badger raises on some damage into an error wrapping ErrDamaged.
+func Verify(db *badger.DB) (err error) {
+	defer func() {
+		if p := recover(); p != nil { // Badger dereferences a nil block on some damage
+			err = fmt.Errorf("%w: checksum pass panicked: %v", ErrDamaged, p)
+		}
+	}()
+	return db.VerifyChecksum()
+}
+
+// Quarantine moves the store directory dir to
+// dataDir/quarantine-<UTC timestamp> (with a -N suffix when that exists)
+// and returns where it went.
+func Quarantine(dataDir, dir string) (string, error) {
+	base := filepath.Join(dataDir, "quarantine-"+time.Now().UTC().Format("20060102T150405Z"))
+	qdir := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(qdir); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		qdir = fmt.Sprintf("%s-%d", base, i)
+	}
+	return qdir, os.Rename(dir, qdir)
+}
 
 // precheck looks for damage Badger would not report as an error: it opens
 // every table file the MANIFEST lists the way Badger will, but on this
@@ -32,12 +114,12 @@ func precheck(dir string, bo badger.Options) error {
 	}
 	f, err := os.Open(filepath.Join(dir, "MANIFEST"))
 	if err != nil {
-		return fmt.Errorf("%w: %d tables but no MANIFEST: %v", errDamaged, len(names), err)
+		return fmt.Errorf("%w: %d tables but no MANIFEST: %v", ErrDamaged, len(names), err)
 	}
 	m, _, err := replayManifest(f, bo)
 	f.Close()
 	if err != nil {
-		return fmt.Errorf("%w: MANIFEST: %v", errDamaged, err)
+		return fmt.Errorf("%w: MANIFEST: %v", ErrDamaged, err)
 	}
 	clean, err := readClean(dir)
 	if err != nil {
@@ -63,7 +145,7 @@ func precheck(dir string, bo badger.Options) error {
 			full = !stamped || err != nil || fi.Size() != st.Size || fi.ModTime().UnixNano() != st.Mtime
 		}
 		if err := checkTable(name, tm.Compression, full); err != nil {
-			return fmt.Errorf("%w: table %s: %v", errDamaged, filepath.Base(name), err)
+			return fmt.Errorf("%w: table %s: %v", ErrDamaged, filepath.Base(name), err)
 		}
 	}
 	return nil
@@ -136,31 +218,7 @@ func checkTable(name string, c options.CompressionType, full bool) (err error) {
 	return t.MmapFile.Close(-1)
 }
 
-// verifyLoop checks every table block's checksum once after open, in the
-// background (Options.Verify). Damage is logged at error level and reported
-// in Stats.Damaged and the outpost_store_damaged gauge; the readable records
-// keep flowing.
-func (q *Queue) verifyLoop() {
-	defer q.bg.Done()
-	err := func() (err error) {
-		defer func() {
-			if p := recover(); p != nil { // Badger dereferences a nil block on some damage
-				err = fmt.Errorf("%w: checksum pass panicked: %v", errDamaged, p)
-			}
-		}()
-		return q.db.VerifyChecksum()
-	}()
-	if err == nil || q.closed.Load() || errors.Is(err, badger.ErrDBClosed) {
-		return
-	}
-	q.log.Error("store: damaged blocks found; records in them cannot be sent", "error", err)
-	q.mu.Lock()
-	q.damaged = err.Error()
-	q.mu.Unlock()
-	q.met.damaged.Set(1)
-}
-
-// The clean-close mark: Close writes the last sequence numbers to
+// The clean-close mark: the store's Close writes the last sequence numbers to
 // queue/CLEAN; Open compares them with what Badger recovered and removes the
 // mark before writing anything. A store that was closed cleanly and now
 // remembers less (Badger drops what a damaged MANIFEST no longer lists, and
@@ -208,13 +266,16 @@ func readClean(dir string) (*cleanMark, error) {
 	}
 	var c cleanMark
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("%w: clean-close mark %q: %v", errDamaged, b, err)
+		return nil, fmt.Errorf("%w: clean-close mark %q: %v", ErrDamaged, b, err)
 	}
 	return &c, nil
 }
 
-func writeClean(dir string, m meta) error {
-	b, _ := json.Marshal(cleanMark{NextSeq: m.NextSeq, CmdSeq: m.CmdSeq, Tables: stampTables(dir)})
+// WriteClean writes the clean-close mark into dir: the store's last outbox
+// and command sequence numbers and a stamp of every table file. The store
+// calls it after closing Badger.
+func WriteClean(dir string, nextSeq, cmdSeq uint64) error {
+	b, _ := json.Marshal(cleanMark{NextSeq: nextSeq, CmdSeq: cmdSeq, Tables: stampTables(dir)})
 	f, err := os.Create(filepath.Join(dir, cleanFile))
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
@@ -232,15 +293,18 @@ func writeClean(dir string, m meta) error {
 	return nil
 }
 
-func checkClean(dir string, m meta, readOnly bool) error {
+// CheckClean compares the clean-close mark in dir, if any, with the
+// sequence numbers Badger recovered: less than the mark is damage. Unless
+// readOnly it then removes the mark, before the store writes anything.
+func CheckClean(dir string, nextSeq, cmdSeq uint64, readOnly bool) error {
 	path := filepath.Join(dir, cleanFile)
 	c, err := readClean(dir)
 	if c == nil || err != nil {
 		return err
 	}
-	if c.NextSeq != m.NextSeq || c.CmdSeq != m.CmdSeq {
+	if c.NextSeq != nextSeq || c.CmdSeq != cmdSeq {
 		return fmt.Errorf("%w: closed cleanly at seq %d (command %d) but recovered seq %d (command %d): data lost",
-			errDamaged, c.NextSeq, c.CmdSeq, m.NextSeq, m.CmdSeq)
+			ErrDamaged, c.NextSeq, c.CmdSeq, nextSeq, cmdSeq)
 	}
 	if readOnly {
 		return nil
