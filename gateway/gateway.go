@@ -8,6 +8,38 @@
 // ledger), msg (shared message types), service (systemd integration), demo
 // (the self-contained demo), and peertest (real third-party peers for
 // tests).
+//
+// # Following a message
+//
+// A D2C message from an MQTT leaf: mochi decodes the PUBLISH and calls
+// hub's mochiHook.OnPublish, which checks it (Hub.record: topic, property
+// bag, size) and hands it to the connection's connIngest (Hub.ingestFor);
+// store.Queue.Submit queues it, the store's writeLoop commits the batch
+// (Queue.commit, one fsync), and connIngest.run writes the PUBACK, in
+// receive order, only after that, then calls Hub.Publish so local
+// subscribers see the stored record. The cloud link's forwarder leases it
+// (forwarder.lease, forwarder.liveFirst or leaseBacklog), publishes it
+// upstream (forwarder.publishRec) and, on the upstream PUBACK, deletes it
+// (forwarder.ack, store.Queue.Ack).
+//
+// A D2C reading from an adapter: the adapter's Source.Run calls Emit on the
+// gateway's emitter, which turns each msg.Reading into a record
+// (msg.Reading.Record) and appends it (store.Queue.Append); Emit returns
+// nil, the acknowledgement, once it is durable, and then emitter.Emit calls
+// Hub.Publish, the same fan-out leaf messages take. From the store on it
+// travels as a leaf message does.
+//
+// A C2D command: the cloud link's Session.intake receives it and calls
+// Session.takeIn, which hands it to the msg.Intake in Options.Inbox; that
+// is commands.Ledger.Accept (an operator client on the hub reaches it from
+// mochiHook.OnPublish, the HTTP API from the ledger's POST handler). Accept
+// stores it (store.Queue.PutCommand) before the cloud gets its PUBACK; the
+// ledger's per-device worker (Ledger.work, Ledger.execute) then applies it,
+// on an adapter through its Sink's Apply (Ledger.executeAdapter, waiting
+// while its Health is adapters.Down), on a leaf through hub.Hub.Deliver
+// (Ledger.executeLeaf, waiting for the leaf's PUBACK), and Ledger.finish
+// queues its one result as a D2C record (store.Queue.FinishCommand), which
+// travels upstream like any other.
 package gateway
 
 import (
