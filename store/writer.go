@@ -91,6 +91,11 @@ func (b *batch) del(k []byte) error {
 	return nil
 }
 
+// Txn, Set and Delete are the batch as an inbox.Tx.
+func (b *batch) Txn() *badger.Txn      { return b.txn }
+func (b *batch) Set(k, v []byte) error { return b.set(k, v) }
+func (b *batch) Delete(k []byte) error { return b.del(k) }
+
 // room reports whether n more entries of size bytes fit the transaction.
 func (q *Queue) room(b *batch, n, size int64) bool {
 	return b.n+n < q.db.MaxBatchCount()*3/4 && b.size+size < q.db.MaxBatchSize()*3/4
