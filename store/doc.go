@@ -37,5 +37,6 @@
 // The sub-package internal/layout builds and parses the keys and encodes
 // the records and dead letters; internal/damage checks the files before
 // Badger opens them, keeps the clean-close mark and quarantines;
-// internal/inbox is the command ledger (Command is its type).
+// internal/inbox is the command ledger (Command is its type);
+// internal/metrics names the Prometheus series.
 package store
