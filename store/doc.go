@@ -39,7 +39,9 @@
 // a crash and reopening needs no scan. The in-memory per-class cursor means
 // Lease never iterates over deleted keys (Badger's tombstones).
 //
-// The sub-package internal/layout builds and parses the keys and encodes
+// Sub-packages: internal/layout builds and parses the keys and encodes
 // the records and dead letters; internal/damage checks the files before
-// Badger opens them, keeps the clean-close mark and quarantines.
+// Badger opens them, keeps the clean-close mark and quarantines;
+// internal/inbox is the command ledger (Command is its type);
+// internal/metrics names the Prometheus series.
 package store

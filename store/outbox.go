@@ -38,6 +38,16 @@ func (cs *classState) findReleased(seq uint64) (int, bool) {
 	return slices.BinarySearchFunc(cs.released, seq, func(a ref, s uint64) int { return cmpUint(a.seq, s) })
 }
 
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
 // signalLocked wakes Lease callers waiting for records. q.mu must be held.
 func (q *Queue) signalLocked() {
 	close(q.avail)

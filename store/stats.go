@@ -8,6 +8,7 @@ import (
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store/internal/layout"
+	"github.com/outpost-iot/outpost/store/internal/metrics"
 )
 
 // ClassStats is one priority class of the outbox.
@@ -93,93 +94,20 @@ func (q *Queue) Stats() Stats {
 	return s
 }
 
-// metrics are the collectors that are not derived from Stats.
-type metrics struct {
-	commitSeconds prometheus.Histogram
-	batchOps      prometheus.Histogram
-	diskLow       prometheus.Counter
-	quarantined   prometheus.Gauge
-	damaged       prometheus.Gauge
-}
-
-func newMetrics() *metrics {
-	return &metrics{
-		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "outpost_store_commit_seconds",
-			Help:    "Time to write and sync one group-commit batch (the fsync latency).",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
-		}),
-		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "outpost_store_batch_ops",
-			Help:    "Requests (appends, acks, ...) committed per batch.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
-		}),
-		diskLow: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "outpost_store_disk_low_total",
-			Help: "Batches whose appends failed because free disk space was below the reserve.",
-		}),
-		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "outpost_store_quarantined",
-			Help: "1 if a damaged store was moved aside at open.",
-		}),
-		damaged: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "outpost_store_damaged",
-			Help: "1 if the checksum pass after open found damaged blocks.",
-		}),
-	}
-}
-
 // Collectors returns the store's Prometheus collectors: outpost_store_depth,
 // _bytes and _max_bytes (by class), _oldest_age_seconds, _leased, the
 // counters _appends_total, _acks_total, _dropped_total, _expired_total,
 // _dead_total, _dead_depth, the commit-latency and batch-size histograms,
 // _disk_low_total, _quarantined and _damaged.
 func (q *Queue) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{statsCollector{q}, q.met.commitSeconds, q.met.batchOps, q.met.diskLow, q.met.quarantined, q.met.damaged}
-}
-
-var (
-	descDepth   = prometheus.NewDesc("outpost_store_depth", "Records in the outbox.", []string{"priority"}, nil)
-	descBytes   = prometheus.NewDesc("outpost_store_bytes", "Bytes (record sizes) in the outbox.", []string{"priority"}, nil)
-	descMax     = prometheus.NewDesc("outpost_store_max_bytes", "Configured byte budget (0 = unlimited).", nil, nil)
-	descOldest  = prometheus.NewDesc("outpost_store_oldest_age_seconds", "Age of the oldest outbox record.", nil, nil)
-	descLeased  = prometheus.NewDesc("outpost_store_leased", "Records leased to the forwarder.", nil, nil)
-	descParked  = prometheus.NewDesc("outpost_store_parked", "Records parked by the forwarder (their device's connection is down).", nil, nil)
-	descAppends = prometheus.NewDesc("outpost_store_appends_total", "Records appended.", nil, nil)
-	descAcks    = prometheus.NewDesc("outpost_store_acks_total", "Records acked upstream and deleted.", nil, nil)
-	descDropped = prometheus.NewDesc("outpost_store_dropped_total", "Records evicted under drop-oldest.", nil, nil)
-	descExpired = prometheus.NewDesc("outpost_store_expired_total", "Records removed by TTL.", nil, nil)
-	descDead    = prometheus.NewDesc("outpost_store_dead_total", "Records rejected to the dead letters.", nil, nil)
-	descDeadN   = prometheus.NewDesc("outpost_store_dead_depth", "Dead letters kept.", nil, nil)
-)
-
-type statsCollector struct{ q *Queue }
-
-func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBytes, descMax, descOldest, descLeased, descParked,
-		descAppends, descAcks, descDropped, descExpired, descDead, descDeadN} {
-		ch <- d
-	}
-}
-
-func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.q.Stats()
-	for p, cs := range s.Classes {
-		name := msg.Priority(p).String()
-		ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, float64(cs.Depth), name)
-		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, float64(cs.Bytes), name)
-	}
-	g := func(d *prometheus.Desc, t prometheus.ValueType, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, t, v)
-	}
-	g(descMax, prometheus.GaugeValue, float64(s.MaxBytes))
-	g(descOldest, prometheus.GaugeValue, s.OldestAge.Seconds())
-	g(descLeased, prometheus.GaugeValue, float64(s.Leased))
-	g(descParked, prometheus.GaugeValue, float64(s.Parked))
-	g(descAppends, prometheus.CounterValue, float64(s.Appends))
-	g(descAcks, prometheus.CounterValue, float64(s.Acks))
-	g(descDropped, prometheus.CounterValue, float64(s.Dropped))
-	g(descExpired, prometheus.CounterValue, float64(s.Expired))
-	g(descDead, prometheus.CounterValue, float64(s.Dead))
-	g(descDeadN, prometheus.GaugeValue, float64(s.DeadDepth))
+	return q.met.Collectors(func() metrics.Values {
+		s := q.Stats()
+		v := metrics.Values{MaxBytes: float64(s.MaxBytes), OldestAgeSeconds: s.OldestAge.Seconds(),
+			Leased: s.Leased, Parked: s.Parked, Appends: s.Appends, Acks: s.Acks, Dropped: s.Dropped,
+			Expired: s.Expired, Dead: s.Dead, DeadDepth: s.DeadDepth}
+		for c, cs := range s.Classes {
+			v.Depth[c], v.Bytes[c] = cs.Depth, cs.Bytes
+		}
+		return v
+	})
 }

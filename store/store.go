@@ -17,6 +17,7 @@ import (
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store/internal/damage"
+	"github.com/outpost-iot/outpost/store/internal/metrics"
 )
 
 // Queue is the durable store. All methods are safe for concurrent use.
@@ -59,7 +60,7 @@ type Queue struct {
 	pub            meta          // last committed meta
 	damaged        string        // what verifyLoop found
 
-	met *metrics
+	met *metrics.Set
 }
 
 // Quarantined returns the directory a corrupt store was moved to by Open,
@@ -104,7 +105,7 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 		return nil, err
 	}
 	q.quarantined = qdir
-	q.met.quarantined.Set(1)
+	q.met.Quarantined.Set(1)
 	return q, nil
 }
 
@@ -194,7 +195,7 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		avail:      make(chan struct{}),
 		progress:   make(chan struct{}),
 	}
-	q.met = newMetrics()
+	q.met = metrics.New()
 	if err := q.loadMeta(); err != nil {
 		db.Close()
 		return nil, err
@@ -233,7 +234,7 @@ func (q *Queue) verifyLoop() {
 	q.mu.Lock()
 	q.damaged = err.Error()
 	q.mu.Unlock()
-	q.met.damaged.Set(1)
+	q.met.Damaged.Set(1)
 }
 
 // Close stops the background goroutines, commits what was already queued

@@ -91,6 +91,11 @@ func (b *batch) del(k []byte) error {
 	return nil
 }
 
+// Txn, Set and Delete are the batch as an inbox.Tx.
+func (b *batch) Txn() *badger.Txn      { return b.txn }
+func (b *batch) Set(k, v []byte) error { return b.set(k, v) }
+func (b *batch) Delete(k []byte) error { return b.del(k) }
+
 // room reports whether n more entries of size bytes fit the transaction.
 func (q *Queue) room(b *batch, n, size int64) bool {
 	return b.n+n < q.db.MaxBatchCount()*3/4 && b.size+size < q.db.MaxBatchSize()*3/4
@@ -273,8 +278,8 @@ func (q *Queue) commit(ops []*op) error {
 		err = b.txn.Commit()
 		q.lastCommit = time.Since(start)
 		q.expect = len(ops) + q.queued()
-		q.met.commitSeconds.Observe(q.lastCommit.Seconds())
-		q.met.batchOps.Observe(float64(len(ops)))
+		q.met.CommitSeconds.Observe(q.lastCommit.Seconds())
+		q.met.BatchOps.Observe(float64(len(ops)))
 	}
 	if err != nil {
 		err = fmt.Errorf("store: commit: %w", err)
@@ -473,7 +478,7 @@ func (q *Queue) diskLow() error {
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if reserve := q.opt.MinFreeDisk + q.tables; free < reserve {
-		q.met.diskLow.Inc()
+		q.met.DiskLow.Inc()
 		return fmt.Errorf("%w: disk nearly full (%d bytes free, %d reserved for Badger)", ErrFull, free, reserve)
 	}
 	return nil
