@@ -145,15 +145,7 @@ func Run(t *testing.T, c Case) {
 				t.Error("reading with neither values nor errors")
 			}
 		}
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("Run returned %v after cancel, want nil", err)
-			}
-		case <-time.After(3 * time.Second):
-			t.Fatal("Run did not return within 3 s of cancel")
-		}
+		stopRun(t, cancel, done)
 		closeSource(t, src)
 		checkGoroutines(t, before)
 	})
@@ -256,15 +248,7 @@ func Run(t *testing.T, c Case) {
 			close(stop)
 			<-poked
 			poke(true)
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("Run returned %v after cancel, want nil", err)
-				}
-			case <-time.After(3 * time.Second):
-				t.Fatal("Run did not return within 3 s of cancel")
-			}
+			stopRun(t, cancel, done)
 			poke(true) // after Run
 		})
 	}
@@ -335,6 +319,20 @@ func callWithin(t *testing.T, name string, fn func()) (returned bool) {
 	case <-time.After(time.Second):
 		t.Errorf("%s blocked for more than 1 s", name)
 		return false
+	}
+}
+
+// stopRun cancels a Run and fails t unless it returns nil within 3 s.
+func stopRun(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run returned %v after cancel, want nil", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run did not return within 3 s of cancel")
 	}
 }
 
