@@ -32,6 +32,22 @@ import (
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
+// Link is an upstream link the gateway runs: a Session, or a Fleet when
+// each leaf has its own IoT Hub identity.
+type Link interface {
+	Run(ctx context.Context) error
+	Status() Status
+}
+
+// Open returns the link opt asks for: a Fleet for azure identity
+// "per-device", else a Session.
+func Open(opt Options, q queue) (Link, error) {
+	if opt.Protocol == ProtocolAzure && opt.Azure.Identity == IdentityPerDevice {
+		return NewFleet(opt, q)
+	}
+	return New(opt, q)
+}
+
 // queue is the slice of the store the forwarder needs; *store.Queue
 // satisfies it.
 type queue interface {

@@ -17,22 +17,6 @@ import (
 	"github.com/outpost-iot/outpost/store"
 )
 
-// Link is an upstream link the gateway runs: a Session, or a Fleet when
-// each leaf has its own IoT Hub identity.
-type Link interface {
-	Run(ctx context.Context) error
-	Status() Status
-}
-
-// Open returns the link opt asks for: a Fleet for azure identity
-// "per-device", else a Session.
-func Open(opt Options, q queue) (Link, error) {
-	if opt.Protocol == ProtocolAzure && opt.Azure.Identity == IdentityPerDevice {
-		return NewFleet(opt, q)
-	}
-	return New(opt, q)
-}
-
 // Defaults of a Fleet.
 const (
 	defaultConnectRate  = 10 // new IoT Hub connections per second, all devices together
@@ -114,14 +98,14 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	f := &Fleet{opt: o, q: pq, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityPerDevice),
 		gate: rate.NewLimiter(defaultConnectRate, defaultConnectBurst),
 		devs: map[string]*devQueue{}, sessions: map[string]*Session{}}
-	if _, err := f.session(""); err != nil { // the gateway's, and a check of the options
+	if _, err := f.queueFor(""); err != nil { // the gateway's, and a check of the options
 		return nil, err
 	}
 	// Every known leaf with an identity connects from the start, so that
 	// C2D reaches it before it has sent anything.
 	for _, dev := range append(slices.Sorted(maps.Keys(opt.Azure.DeviceKeys)), opt.Azure.Leaves...) {
 		if id := f.identity(dev); id != "" {
-			if _, err := f.session(id); err != nil {
+			if _, err := f.queueFor(id); err != nil {
 				return nil, err
 			}
 		}
@@ -144,9 +128,9 @@ func (f *Fleet) identity(dev string) string {
 	return ""
 }
 
-// session returns (creating it) the session for identity id, and starts it
-// when the fleet runs. f.mu must not be held.
-func (f *Fleet) session(id string) (*devQueue, error) {
+// queueFor returns the device queue of identity id, creating it and its
+// Session (started when the fleet runs). f.mu must not be held.
+func (f *Fleet) queueFor(id string) (*devQueue, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if dq, ok := f.devs[id]; ok {
@@ -232,7 +216,7 @@ func (f *Fleet) route(ctx context.Context) error {
 			return storeErr("lease", err)
 		}
 		for i, r := range recs {
-			dq, err := f.session(f.identity(r.Device))
+			dq, err := f.queueFor(f.identity(r.Device))
 			if err == nil {
 				err = dq.push(r)
 			}

@@ -317,8 +317,8 @@ func TestFleetUnparkCost(t *testing.T) {
 	}
 	cq := &countQueue{parkingQueue: q}
 	f, ctx := routeOnly(t, cq)
-	dq1, _ := f.session("leaf-1")
-	dq2, _ := f.session("leaf-2")
+	dq1, _ := f.queueFor("leaf-1")
+	dq2, _ := f.queueFor("leaf-2")
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
@@ -409,7 +409,7 @@ func TestFleetParkedEvicted(t *testing.T) {
 		appendRecs(t, q, mk("leaf-1", i, msg.Low))
 	}
 	f, ctx := routeOnly(t, q)
-	dq1, _ := f.session("leaf-1")
+	dq1, _ := f.queueFor("leaf-1")
 	wait := func(what string, cond func() bool) {
 		t.Helper()
 		for d := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
