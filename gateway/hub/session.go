@@ -50,6 +50,7 @@ func (k *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 
 func (k *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	k.h.conns.Delete(cl.Net.Conn)
+	k.h.sas.forget(cl)
 	k.h.c2d.offline(cl)
 	k.h.ingestOffline(cl)
 }
