@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-iot/outpost/gateway/iothub"
+	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
 
@@ -23,6 +25,11 @@ type sdkEvent struct {
 	Ev  string `json:"ev"`
 	ID  string `json:"id"`
 	Err string `json:"err"`
+	// A received C2D message:
+	MessageID     string            `json:"messageId"`
+	CorrelationID string            `json:"correlationId"`
+	Props         map[string]string `json:"props"`
+	Body          string            `json:"body"`
 }
 
 func (l sdkLeaf) events(t testing.TB) []sdkEvent {
@@ -65,14 +72,20 @@ func startSDKHub(t *testing.T, st Appender) (*Hub, string) {
 	return h, p.caFile
 }
 
-// runSDKLeaf runs the leaf script with a connection string for az-1 with
-// key, GatewayHostName = the hub's TLS address, and waits for it to exit.
-func runSDKLeaf(t *testing.T, h *Hub, ca, key string, env []string, args ...string) sdkLeaf {
+// startSDKLeaf starts the leaf script with a connection string for az-1
+// with key and GatewayHostName = the hub's TLS address.
+func startSDKLeaf(t *testing.T, h *Hub, ca, key string, env []string, args ...string) sdkLeaf {
 	t.Helper()
 	sdk := peertest.NeedNodeSDK(t)
 	conn := fmt.Sprintf("HostName=myhub.azure-devices.net;DeviceId=az-1;SharedAccessKey=%s;GatewayHostName=%s", key, h.TLSAddr())
 	cmd := sdk.Command(filepath.Join("testdata", "sdkleaf.js"), append([]string{"LEAF_CONN=" + conn, "LEAF_CA=" + ca}, env...), args...)
-	l := sdkLeaf{peertest.Start(t, cmd, nil)}
+	return sdkLeaf{peertest.Start(t, cmd, nil)}
+}
+
+// runSDKLeaf runs the leaf script (startSDKLeaf) and waits for it to exit.
+func runSDKLeaf(t *testing.T, h *Hub, ca, key string, env []string, args ...string) sdkLeaf {
+	t.Helper()
+	l := startSDKLeaf(t, h, ca, key, env, args...)
 	select {
 	case <-l.Done():
 	case <-time.After(60 * time.Second):
@@ -151,5 +164,61 @@ func TestNodeSDKLeafTokenRenewal(t *testing.T) {
 	}
 	if c := h.Stats().Connects; c < 3 {
 		t.Errorf("%d connects: the leaf did not reconnect with its renewed tokens", c)
+	}
+}
+
+// C2D through the hub's Deliver reaches the SDK's message event with its
+// system and application properties, queued while the leaf was away and
+// while it is connected; the SDK's PUBACK completes each.
+func TestNodeSDKLeafReceivesC2D(t *testing.T) {
+	h, ca := startSDKHub(t, &fakeStore{})
+	done := make(chan error, 2)
+	deliver := func(mid string) {
+		t.Helper()
+		_, c2d, err := iothub.ParseC2DTopic(iothub.C2DTopic("az-1", iothub.C2D{MessageID: mid, CorrelationID: "corr-" + mid,
+			Props: msg.Props{{Key: "cmd", Value: "reboot now"}}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		props := msg.Props{{Key: iothub.PropMessageID, Value: c2d.MessageID}, {Key: iothub.PropCorrelationID, Value: c2d.CorrelationID},
+			{Key: iothub.PropTo, Value: c2d.To}}
+		if err := h.Deliver("az-1", append(props, c2d.Props...), []byte(`{"c2d":"`+mid+`"}`), func(err error) { done <- err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver("c2d-offline") // before the leaf connects
+	l := startSDKLeaf(t, h, ca, sasKey1, nil, "recv:2")
+	l.WaitFor(t, regexp.MustCompile(`"ev":"message"`), 30*time.Second)
+	deliver("c2d-online")
+	select {
+	case <-l.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("leaf did not get both messages:\n%s", l.Output())
+	}
+	l.Exited()
+	var got []sdkEvent
+	for _, e := range l.events(t) {
+		if e.Ev == "message" {
+			got = append(got, e)
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("leaf:\n%s", l.Output())
+	}
+	for i, mid := range []string{"c2d-offline", "c2d-online"} {
+		e := got[i]
+		if e.MessageID != mid || e.CorrelationID != "corr-"+mid || e.Props["cmd"] != "reboot now" || e.Body != `{"c2d":"`+mid+`"}` {
+			t.Errorf("message %d: %+v", i, e)
+		}
+	}
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("delivery: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a delivery was not completed by the leaf's PUBACK")
+		}
 	}
 }
