@@ -69,16 +69,21 @@ func (h Hub) HubConfig() hub.Config {
 	c.Clients = make([]hub.Client, len(h.Clients))
 	for i, cl := range h.Clients {
 		c.Clients[i] = cl.Client
+		if cl.Azure != nil {
+			c.Clients[i].SASKey, c.Clients[i].SASKeyFile = cl.Azure.SharedAccessKey, cl.Azure.SharedAccessKeyFile
+		}
 	}
 	return c
 }
 
-// Client is one hub.clients entry: the hub's client and, with
-// cloud.identity per-device, its own IoT Hub identity.
+// Client is one hub.clients entry: the hub's client and its own IoT Hub
+// identity, if any.
 type Client struct {
 	hub.Client `yaml:",inline"`
-	// Azure carries the client's own IoT Hub identity when
-	// cloud.identity is per-device.
+	// Azure carries the client's own IoT Hub key. With any cloud.protocol
+	// the leaf may log in to the hub with SAS tokens signed with it (and
+	// then needs no password_hash); with cloud.identity per-device it is
+	// also the leaf's upstream identity.
 	Azure *DeviceAzure `yaml:"azure"`
 }
 

@@ -310,3 +310,31 @@ func TestPerDeviceObservers(t *testing.T) {
 		t.Errorf("leaf without a key: %v", err)
 	}
 }
+
+// A hub client with an azure key logs in with SAS tokens under any cloud
+// protocol: it needs no password_hash, and HubConfig hands the key to the hub.
+func TestClientSASKey(t *testing.T) {
+	for _, cloud := range []string{"", "cloud: {protocol: mqtt, url: mqtts://b:8883}\n",
+		"cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5}\n",
+		"cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, identity: per-device}\n"} {
+		c, err := Parse("t.yaml", []byte(ok+cloud+"hub: {clients: [{id: leaf-1, azure: {shared_access_key: bGVhZg==}}, {id: leaf-2, azure: {shared_access_key_file: /k}}]}\n"))
+		if err != nil {
+			t.Errorf("%q: %v", cloud, err)
+			continue
+		}
+		hc := c.Hub.HubConfig()
+		if hc.Clients[0].SASKey != "bGVhZg==" || hc.Clients[1].SASKeyFile != "/k" || hc.Clients[0].PasswordHash != "" {
+			t.Errorf("%q: HubConfig clients %+v", cloud, hc.Clients)
+		}
+	}
+	for _, tc := range []struct{ src, want string }{
+		{"hub: {clients: [{id: leaf-1, azure: {shared_access_key: \"not base64!\"}}]}\n", `t.yaml:2:57: hub.clients[0].azure.shared_access_key is not a base64 key`},
+		{"hub: {clients: [{id: leaf-1, azure: {shared_access_key: a2V5, shared_access_key_file: /k}}]}\n", `t.yaml:2:87: hub.clients[0].azure: set shared_access_key or shared_access_key_file, not both`},
+		{"hub: {clients: [{id: leaf-1, azure: {}}]}\n", `t.yaml:2:17: hub.clients[0].password_hash is required (make one with ` + "`outpost passwd`" + `); no client connects anonymously`},
+	} {
+		_, err := Parse("t.yaml", []byte(ok+tc.src))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got\n%v\nwant\n%s", tc.src, err, tc.want)
+		}
+	}
+}

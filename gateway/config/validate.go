@@ -227,11 +227,16 @@ func (v *validator) codeBuiltAdapter(p string, d Device) {
 	}
 }
 
-// deviceAzure checks a device's or client's own IoT Hub identity.
+// deviceAzure checks a device's or client's own IoT Hub identity: its key
+// whenever one is written (a hub client logs in with it under any
+// protocol), and its presence under cloud.identity per-device.
 func (v *validator) deviceAzure(p string, a *DeviceAzure) {
 	cl := v.c.Cloud
 	perDevice := cl.Protocol == cloudlink.ProtocolAzure && cl.Identity == cloudlink.IdentityPerDevice
 	if !perDevice || !v.ok("cloud.protocol") || !v.ok("cloud.identity") {
+		if a != nil {
+			v.azureKey(p, a)
+		}
 		return
 	}
 	if cl.SharedAccessKeyName != "" && a == nil {
@@ -241,6 +246,11 @@ func (v *validator) deviceAzure(p string, a *DeviceAzure) {
 		v.errorf(p+".azure", "%s needs azure: {shared_access_key: ...} or {shared_access_key_file: ...} with cloud.identity: per-device (or set cloud.shared_access_key_name to sign with a policy key)", p)
 		return
 	}
+	v.azureKey(p, a)
+}
+
+// azureKey checks an azure block's key: one of the two keys, base64.
+func (v *validator) azureKey(p string, a *DeviceAzure) {
 	if a.SharedAccessKey != "" && a.SharedAccessKeyFile != "" {
 		v.errorf(p+".azure.shared_access_key_file", "%s.azure: set shared_access_key or shared_access_key_file, not both", p)
 		return

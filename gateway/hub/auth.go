@@ -27,8 +27,10 @@ func checkHash(hash string) error {
 }
 
 // authenticate decides a CONNECT. The client id must be a configured device
-// id; the login is either a verified TLS client certificate with CN = id
-// (username then empty or = id) or username = id with the right password.
+// id; the login is a verified TLS client certificate with CN = id (username
+// then empty, = id, or an IoT Hub username for id), an IoT Hub username for
+// id with a SAS token signed with the client's key, or username = id with
+// the right password.
 func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	id := pk.Connect.ClientIdentifier
 	c, ok := h.clients[id]
@@ -39,8 +41,11 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if tc, ok := unwrapConn(cl.Net.Conn).(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		if len(st.VerifiedChains) > 0 && st.PeerCertificates[0].Subject.CommonName == id {
-			return user == "" || user == id
+			return user == "" || user == id || azureUser(id, user)
 		}
+	}
+	if user != id && h.sas.has(id) && azureUser(id, user) {
+		return pk.Connect.PasswordFlag && h.sas.login(cl, id, pk.Connect.Password)
 	}
 	if user != id || c.PasswordHash == "" || !pk.Connect.PasswordFlag {
 		return false

@@ -60,14 +60,23 @@ type TLSConfig struct {
 }
 
 // Client is one configured MQTT client of the hub: a leaf device (client id
-// = username = device id) or a local observer.
+// = username = device id, or an Azure IoT SDK device) or a local observer.
 type Client struct {
 	// ID is the device id = MQTT client id = username.
 	ID string `yaml:"id"`
 	// PasswordHash is a bcrypt hash (`outpost passwd`); "" = no password
-	// login, TLS certificate only. The file requires it unless
-	// hub.tls.client_ca_file is set.
+	// login, TLS certificate or SAS token only. The file requires it unless
+	// hub.tls.client_ca_file is set or the client has a SAS key.
 	PasswordHash string `yaml:"password_hash"`
+	// SASKey is the leaf's IoT Hub device key (base64), or SASKeyFile a
+	// file holding it; the config file sets them from the client's
+	// azure: {shared_access_key | shared_access_key_file}. With a key the
+	// leaf may log in as an Azure IoT device SDK does: client id = id,
+	// username "{any host}/{id}/?api-version=...", password a SAS token for
+	// "{any host}/devices/{id}" signed with this key, checked locally and
+	// valid until its expiry (the connection is closed then).
+	SASKey     string `yaml:"-"`
+	SASKeyFile string `yaml:"-"`
 	// Priority is the outbox class of the client's D2C messages. The zero
 	// value is msg.High; the file's default is normal.
 	Priority msg.Priority `yaml:"priority"`
@@ -157,7 +166,7 @@ func (c Config) Validate() error {
 	for i, cl := range c.Clients {
 		p := fmt.Sprintf("clients[%d]", i)
 		switch {
-		case cl.PasswordHash == "" && c.TLS.ClientCAFile == "":
+		case cl.PasswordHash == "" && c.TLS.ClientCAFile == "" && cl.SASKey == "" && cl.SASKeyFile == "":
 			bad(p+".password_hash", "hub.%s.password_hash is required (make one with `outpost passwd`); no client connects anonymously", p)
 		case cl.PasswordHash != "":
 			if _, err := bcrypt.Cost([]byte(cl.PasswordHash)); err != nil {

@@ -98,6 +98,7 @@ func (k *mochiHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byt
 
 func (k *mochiHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	k.h.conns.Delete(cl.Net.Conn)
+	k.h.sas.forget(cl)
 	k.h.c2d.offline(cl)
 	k.h.ingestOffline(cl)
 }

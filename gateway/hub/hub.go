@@ -27,7 +27,10 @@
 // Who may do what:
 //   - no anonymous clients: client id = username = a configured device id,
 //     with a bcrypt password, or (on the TLS listener) a verified client
-//     certificate whose CN is the device id;
+//     certificate whose CN is the device id; a client with an IoT Hub key
+//     (Client.SASKey) logs in as Azure IoT SDK devices do, with username
+//     "{host}/{id}/?api-version=..." and a SAS token verified locally, and
+//     is disconnected when the token expires;
 //   - a leaf publishes only to its own D2C topic and subscribes only to its
 //     own C2D topic (devices/{id}/messages/devicebound/#);
 //   - a client configured with ReadAll may also subscribe to every D2C topic;
@@ -99,6 +102,7 @@ type Hub struct {
 	tls     *listener
 	rate    *rate.Limiter // new connections
 	c2d     *c2d
+	sas     *sasLogins // SAS-token logins and their expiry
 	stats   counters
 	conns   sync.Map // net.Conn -> *mqtt.Client, for afterPanic
 
@@ -178,9 +182,11 @@ func New(opt Options, out Appender) (*Hub, error) {
 		}
 		h.clients[c.ID] = &clientConf{Client: c}
 	}
-	if err := errors.Join(errs...); err != nil {
+	sas, err := newSASLogins(opt.Clients, h.log)
+	if err := errors.Join(append(errs, err)...); err != nil {
 		return nil, err
 	}
+	h.sas = sas
 	h.c2d = newC2D(h)
 	return h, nil
 }
