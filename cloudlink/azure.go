@@ -1,14 +1,13 @@
 package cloudlink
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/outpost-iot/outpost/gateway/iothub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -26,16 +25,7 @@ func SASToken(resourceURI, key string, expiry time.Time, policy string) (string,
 	if err != nil {
 		return "", fmt.Errorf("cloudlink: sas key: %w", err)
 	}
-	sr := msg.Escape(resourceURI)
-	se := strconv.FormatInt(expiry.Unix(), 10)
-	mac := hmac.New(sha256.New, k)
-	mac.Write([]byte(sr + "\n" + se))
-	sig := base64.StdEncoding.EncodeToString(mac.Sum(nil))
-	tok := "SharedAccessSignature sr=" + sr + "&sig=" + msg.Escape(sig) + "&se=" + se
-	if policy != "" {
-		tok += "&skn=" + msg.Escape(policy)
-	}
-	return tok, nil
+	return iothub.Sign(resourceURI, k, expiry, policy), nil
 }
 
 func decodeKey(key string) ([]byte, error) {
