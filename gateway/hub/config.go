@@ -158,7 +158,7 @@ func (c Config) Validate() error {
 		bad("session_expiry", "hub.session_expiry must be between 0 and %v, got %v", math.MaxUint32*time.Second, c.SessionExpiry)
 	}
 	if c.ConnectRate < 0 || math.IsInf(c.ConnectRate, 0) || math.IsNaN(c.ConnectRate) {
-		bad("connect_rate", "hub.connect_rate must be 0 (unlimited) or a positive rate per second, got %v", c.ConnectRate)
+		bad("connect_rate", "hub.connect_rate must be a positive rate per second (0: the built-in 50/s), got %v", c.ConnectRate)
 	}
 	if c.ConnectRate > 0 && c.ConnectBurst < 1 {
 		bad("connect_burst", "hub.connect_burst must be at least 1 when hub.connect_rate is set, got %d", c.ConnectBurst)
