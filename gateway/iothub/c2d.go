@@ -9,13 +9,14 @@ import (
 )
 
 // C2D system property names, as they appear in a devicebound property bag.
+// Those the gateway already carries on every message are msg's.
 const (
-	PropMessageID       = "$.mid"
-	PropCorrelationID   = "$.cid"
+	PropMessageID       = msg.PropMessageID
+	PropCorrelationID   = msg.PropCorrelationID
 	PropUserID          = "$.uid"
-	PropContentType     = "$.ct"
-	PropContentEncoding = "$.ce"
-	PropExpiry          = "$.exp"
+	PropContentType     = msg.PropContentType
+	PropContentEncoding = msg.PropContentEncoding
+	PropExpiry          = msg.PropExpiry
 	PropTo              = "$.to"
 	PropAck             = "iothub-ack"
 )
