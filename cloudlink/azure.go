@@ -53,7 +53,7 @@ type azureDialect struct {
 }
 
 func newAzureDialect(o Options) (dialect, error) {
-	return azureDialect{host: o.Azure.Host, device: o.Azure.DeviceID, key: o.Azure.SharedAccessKey, keyName: o.Azure.KeyName, ttl: o.Azure.TokenTTL}, nil
+	return azureDialect{host: o.Host, device: o.DeviceID, key: o.SharedAccessKey, keyName: o.SharedAccessKeyName, ttl: o.SASTTL}, nil
 }
 
 func (d azureDialect) clientID() string { return d.device }

@@ -42,8 +42,7 @@ func TestBackoffSchedule(t *testing.T) {
 		{up: time.Minute, jitter: 0.5, wait: 250 * time.Millisecond},
 	}
 	synctest.Test(t, func(t *testing.T) {
-		s, err := New(Options{URL: "mqtt://127.0.0.1:1", ClientID: "gw-backoff", Protocol: ProtocolAzure,
-			Azure: AzureOptions{Host: "h", DeviceID: "gw-backoff", SharedAccessKey: "c2VjcmV0"}}, newMemQueue())
+		s, err := New(Options{Config: Config{URL: "mqtt://127.0.0.1:1", ClientID: "gw-backoff", Protocol: ProtocolAzure, Host: "h", DeviceID: "gw-backoff", SharedAccessKey: "c2VjcmV0"}}, newMemQueue())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -68,7 +68,7 @@ func TestC2DIntake(t *testing.T) {
 	q := newMemQueue()
 	ib := newInbox()
 	ib.fail["c5"] = 1
-	s, err := New(fastRetry(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-c2d", Inbox: ib.take, Logger: testLogger(t)}), q)
+	s, err := New(fastRetry(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-c2d"}, Inbox: ib.take, Logger: testLogger(t)}), q)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/outpost-iot/outpost/gateway/msg"
@@ -42,7 +44,7 @@ type Link interface {
 // Open returns the link opt asks for: a Fleet for azure identity
 // "per-device", else a Session.
 func Open(opt Options, q queue) (Link, error) {
-	if opt.Protocol == ProtocolAzure && opt.Azure.Identity == IdentityPerDevice {
+	if opt.Protocol == ProtocolAzure && opt.Identity == IdentityPerDevice {
 		return NewFleet(opt, q)
 	}
 	return New(opt, q)
@@ -86,49 +88,33 @@ const (
 	IdentityPerDevice Identity = "per-device"
 )
 
-// AzureOptions configures the Azure IoT Hub dialect.
-type AzureOptions struct {
-	Host            string // myhub.azure-devices.net
-	DeviceID        string // the gateway's identity
-	SharedAccessKey string // base64; empty with X.509 (Options.CertFile/KeyFile)
-	// KeyName, when set, makes SharedAccessKey a shared access policy key
-	// (with DeviceConnect) rather than the device's own: tokens carry
-	// skn=KeyName and are signed with it for sr={host}/devices/{id}.
-	KeyName  string
-	Identity Identity // IdentityGateway (default) or IdentityPerDevice
-	// DeviceKeys holds each leaf's key for IdentityPerDevice.
-	DeviceKeys map[string]string
-	// Leaves are the leaves known at start (IdentityPerDevice): those
+// Options configures a Session or a Fleet: the cloud section of the config
+// file (Config) and what the gateway resolves around it. Zero values take
+// the defaults noted.
+type Options struct {
+	// Config is the cloud section as the file writes it. New and NewFleet
+	// derive its defaults (Config.WithDerived with GatewayID), refuse it
+	// unless Config.Validate passes, and read its PasswordFile and
+	// SharedAccessKeyFile. A zero Protocol means ProtocolMQTT here (the
+	// file's default is none) and a zero Keepalive DefaultKeepalive.
+	Config
+
+	// GatewayID is the gateway's id: the default client_id (mqtt) and
+	// device_id (azure-iothub).
+	GatewayID string
+
+	// Identity per-device (a Fleet):
+	//
+	// DeviceKeys holds each leaf's own IoT Hub key (base64), from the
+	// leaves' azure sections. Leaves are the leaves known at start: those
 	// with an identity (a key, or the policy key) connect at once, so C2D
-	// reaches them before their first D2C. Others connect on their first
-	// record.
-	Leaves []string
-	// NotDevices are local clients that are not devices (observers,
+	// reaches them before their first D2C; others connect on their first
+	// record. NotDevices are local clients that are not devices (observers,
 	// operators): without a key of their own, whatever they publish goes
 	// under the gateway's identity, even when a policy key could sign for
 	// them (IoT Hub does not know them).
-	NotDevices []string
-	// TokenTTL is the SAS token lifetime (default 1 h); the session reconnects
-	// with a fresh token RenewBefore (default 5 min, at most TTL/2) before expiry.
-	TokenTTL, RenewBefore time.Duration
-}
-
-// Options configures a Session. Zero values take the defaults noted.
-type Options struct {
-	Protocol Protocol // ProtocolMQTT (default), ProtocolAzure or ProtocolNone
-	URL      string   // mqtt://host:port or mqtts://host:port (azure: default mqtts://{Host}:8883)
-
-	ClientID, Username, Password string
-
-	CAFile, CertFile, KeyFile string
-	InsecureSkipVerify        bool
-	// ServerName is the name the server certificate must carry (default:
-	// the URL's host).
-	ServerName string
-
-	MaxInflight int           // unacknowledged publishes (default 64; azure 16)
-	KeepAlive   time.Duration // MQTT keep-alive, detects half-open links (default 60 s)
-	ReplayRate  float64       // backlog messages/s after an outage; 0 = unlimited
+	DeviceKeys         map[string]string
+	Leaves, NotDevices []string
 
 	// StrictOrder turns live-first replay off: every record goes in queue
 	// order, so each device's messages arrive in sequence order.
@@ -149,19 +135,17 @@ type Options struct {
 	RetryMin, RetryMax, StableAfter time.Duration
 
 	// StallTimeout drops a connection whose oldest publish has waited this
-	// long for its PUBACK (default max(3×KeepAlive, 30 s)).
+	// long for its PUBACK (default max(3×Keepalive, 30 s)).
 	StallTimeout time.Duration
+
+	// RenewBefore is how long before its SAS token expires a session
+	// reconnects with a fresh one (default 5 min, at most SASTTL/2).
+	RenewBefore time.Duration
 
 	// MaxMessageBytes caps a record's size (payload + properties); larger
 	// records are rejected to dead letters. Default 256 KiB for azure,
 	// unlimited (0) for mqtt.
 	MaxMessageBytes int
-
-	// Pack packs small readings of one device into one message; off when
-	// Pack.MaxBytes is 0.
-	Pack PackOptions
-
-	Azure AzureOptions
 
 	// Inbox receives C2D messages; nil disables the C2D subscription. It
 	// is called from one goroutine per connection, in receive order; the
@@ -170,26 +154,29 @@ type Options struct {
 	// reconnects, so the broker delivers the message again.
 	Inbox msg.Intake
 
+	Logger *slog.Logger
+
+	// password is the MQTT password, read from Config.PasswordFile.
+	password string
+	// tokenTTL, set by tests, is a SAS lifetime below the file's minimum.
+	tokenTTL time.Duration
 	// connectGate, when set, is waited on before each connection attempt
 	// (a Fleet's shared connection rate limit).
 	connectGate func(context.Context) error
-
-	Logger *slog.Logger
 }
 
 const (
-	defaultMaxInflight      = 64
-	defaultAzureMaxInflight = 16
-	azureMaxMessageBytes    = 256 * 1024
-	minPackBytes            = 512
-	azureAPIVersion         = "2021-04-12"
-	defaultC2DTopic         = "devices/+/messages/devicebound/#"
+	azureMaxMessageBytes = 256 * 1024
+	azureAPIVersion      = "2021-04-12"
+	defaultC2DTopic      = "devices/+/messages/devicebound/#"
 )
 
 // ErrOptions wraps every option error.
 var ErrOptions = errors.New("cloudlink: invalid options")
 
-// withDefaults returns a copy of o with defaults filled in, or every problem.
+// withDefaults returns a copy of o with defaults filled in and its secret
+// files read, or every problem: Config.Validate's, and those of the options
+// the file does not have.
 func (o Options) withDefaults() (Options, error) {
 	var errs []error
 	bad := func(format string, a ...any) {
@@ -198,14 +185,40 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Protocol == "" {
 		o.Protocol = ProtocolMQTT
 	}
+	if o.Keepalive == 0 {
+		o.Keepalive = DefaultKeepalive
+	}
+	if o.Identity == "" {
+		o.Identity = IdentityGateway
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.KeepAlive == 0 {
-		o.KeepAlive = 60 * time.Second
+	if o.Protocol == ProtocolMQTT && o.ClientID == "" {
+		o.ClientID = o.GatewayID
 	}
-	if o.KeepAlive < time.Second {
-		bad("keep_alive %v: at least 1s", o.KeepAlive)
+	o.Config = o.Config.WithDerived(o.GatewayID)
+	if o.PasswordFile != "" {
+		pw, err := os.ReadFile(o.PasswordFile)
+		if err != nil {
+			bad("password_file: %v", err)
+		}
+		o.password, o.PasswordFile = strings.TrimRight(string(pw), "\r\n"), ""
+	}
+	if o.SharedAccessKeyFile != "" {
+		k, err := os.ReadFile(o.SharedAccessKeyFile)
+		switch {
+		case err != nil:
+			bad("shared_access_key_file: %v", err)
+		case o.SharedAccessKey != "":
+			bad("shared_access_key and shared_access_key_file: use one")
+		default:
+			o.SharedAccessKey = strings.TrimSpace(string(k))
+		}
+		o.SharedAccessKeyFile = ""
+	}
+	if err := o.Config.Validate(); err != nil {
+		bad("%v", err)
 	}
 	if o.RetryMin <= 0 {
 		o.RetryMin = 500 * time.Millisecond
@@ -220,110 +233,49 @@ func (o Options) withDefaults() (Options, error) {
 		o.StableAfter = 30 * time.Second
 	}
 	if o.StallTimeout <= 0 {
-		o.StallTimeout = max(3*o.KeepAlive, 30*time.Second)
-	}
-	if o.ReplayRate < 0 {
-		bad("replay_rate %v: must be ≥ 0", o.ReplayRate)
-	}
-	if o.MaxInflight != 0 && !inflightOK(o.MaxInflight) { // 0: the protocol's default
-		bad("max_inflight %d: want 1..65535", o.MaxInflight)
+		o.StallTimeout = max(3*o.Keepalive, 30*time.Second)
 	}
 	if o.C2DTopic == "" {
 		o.C2DTopic = defaultC2DTopic
 	}
 	switch o.Protocol {
-	case ProtocolNone:
-		return o, errors.Join(errs...)
 	case ProtocolMQTT:
-		if o.MaxInflight == 0 {
-			o.MaxInflight = defaultMaxInflight
-		}
 		if o.ClientID == "" {
-			bad("client_id is required")
-		}
-		if o.URL == "" {
-			bad("url is required")
+			bad("client_id is required (or GatewayID)")
 		}
 	case ProtocolAzure:
-		a := &o.Azure
-		if a.Host == "" {
-			bad("azure host is required")
+		if o.DeviceID == "" {
+			bad("device_id is required (or GatewayID)")
 		}
-		if err := msg.ValidDeviceID(a.DeviceID); err != nil {
-			bad("azure device_id: %v", err)
-		}
-		if a.Identity == "" {
-			a.Identity = IdentityGateway
-		}
-		switch a.Identity {
-		case IdentityGateway:
-		case IdentityPerDevice:
+		if o.Identity == IdentityPerDevice {
 			// One connection per leaf is a Fleet (Open, NewFleet); a single
 			// Session would send leaves under the gateway's identity.
-			bad("azure identity per-device needs a Fleet (cloudlink.Open), not a Session")
-		default:
-			bad("azure identity %q: want gateway or per-device", a.Identity)
+			bad("identity per-device needs a Fleet (cloudlink.Open), not a Session")
 		}
-		if a.SharedAccessKey == "" && (o.CertFile == "" || o.KeyFile == "") {
-			bad("azure needs shared_access_key or tls cert_file and key_file")
-		}
-		if a.SharedAccessKey != "" {
-			if _, err := decodeKey(a.SharedAccessKey); err != nil {
-				bad("azure shared_access_key: %v", err)
+		for dev, k := range o.DeviceKeys {
+			if err := ValidKey(k); err != nil {
+				bad("azure key of device %q %v", dev, err)
 			}
 		}
-		for dev, k := range a.DeviceKeys {
-			if _, err := decodeKey(k); err != nil {
-				bad("azure key of device %q: %v", dev, err)
-			}
+		if o.tokenTTL > 0 {
+			o.SASTTL = o.tokenTTL
 		}
-		if a.TokenTTL <= 0 {
-			a.TokenTTL = time.Hour
+		if o.SASTTL <= 0 {
+			o.SASTTL = DefaultSASTTL
 		}
-		if a.RenewBefore <= 0 {
-			a.RenewBefore = 5 * time.Minute
+		if o.RenewBefore <= 0 {
+			o.RenewBefore = 5 * time.Minute
 		}
-		a.RenewBefore = min(a.RenewBefore, a.TokenTTL/2)
-		if o.URL == "" {
-			o.URL = "mqtts://" + a.Host + ":8883"
-		}
+		o.RenewBefore = min(o.RenewBefore, o.SASTTL/2)
 		if o.ClientID == "" {
-			o.ClientID = a.DeviceID
-		}
-		if o.MaxInflight == 0 {
-			o.MaxInflight = defaultAzureMaxInflight
+			o.ClientID = o.DeviceID
 		}
 		if o.MaxMessageBytes == 0 {
 			o.MaxMessageBytes = azureMaxMessageBytes
 		}
-	default:
-		bad("protocol %q: want mqtt, azure-iothub or none", o.Protocol)
 	}
-	if o.URL != "" {
-		if _, _, err := brokerAddr(o.URL); err != nil {
-			bad("%v", err)
-		}
-		if _, tls, _ := brokerAddr(o.URL); !tls && (o.CertFile != "" || o.CAFile != "") {
-			bad("url %q is plain TCP but tls files are set (use mqtts://)", o.URL)
-		}
-	}
-	if !tlsPairOK(o.CertFile, o.KeyFile) {
-		bad("tls cert_file and key_file go together")
-	}
-	if p := &o.Pack; p.MaxBytes != 0 {
-		if p.MaxBytes < minPackBytes || (o.MaxMessageBytes > 0 && p.MaxBytes > o.MaxMessageBytes) {
-			if o.MaxMessageBytes > 0 {
-				bad("pack max_bytes %d: want %d..%d (the upstream's message cap)", p.MaxBytes, minPackBytes, o.MaxMessageBytes)
-			} else {
-				bad("pack max_bytes %d: want at least %d", p.MaxBytes, minPackBytes)
-			}
-		}
-		if p.MaxDelay < 0 {
-			bad("pack max_delay %v: must be ≥ 0", p.MaxDelay)
-		}
-		if p.MaxDelay == 0 {
-			p.MaxDelay = defaultPackDelay
-		}
+	if p := o.Pack; p.MaxBytes > 0 && o.MaxMessageBytes > 0 && int(p.MaxBytes) > o.MaxMessageBytes {
+		bad("pack max_bytes %d: over the upstream's message cap %d", p.MaxBytes, o.MaxMessageBytes)
 	}
 	return o, errors.Join(errs...)
 }

@@ -83,8 +83,19 @@ type TLSConfig struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
-// PackConfig configures packing of small readings (IoT Hub bills in 4 KB
-// units).
+// PackConfig turns packing on (MaxBytes > 0): several small JSON readings of one device
+// go up as one message whose body is a JSON array of their bodies, up to
+// MaxBytes (IoT Hub meters messages in 4 KB units, so four 1 KB readings
+// sent alone cost four units and packed cost one). A reading waits at most
+// MaxDelay for others to join it.
+//
+// A pack carries $.mid derived from its readings' ids (the same readings
+// always make the same $.mid, so a pack sent again after a reconnect is
+// recognisable), outpost-seq of its first reading, outpost-pack with the
+// number of readings, and the readings' common properties. Readings pack
+// together only when their properties are equal; a reading whose body is
+// not JSON, or that is too large to share a message, goes alone,
+// unchanged, and so does a pack of one.
 type PackConfig struct {
 	// MaxBytes is the largest packed message; 0 turns packing off.
 	MaxBytes msg.Size `yaml:"max_bytes"`
@@ -101,6 +112,7 @@ const (
 	DefaultSASTTL        = time.Hour
 	DefaultPackMaxDelay  = 2 * time.Second
 	AzurePort            = "8883"
+	minPackBytes         = 512
 )
 
 // DefaultConfig returns the cloud section's defaults: protocol none

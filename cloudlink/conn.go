@@ -34,7 +34,7 @@ type mqttDialect struct{ o Options }
 
 func (d mqttDialect) clientID() string { return d.o.ClientID }
 func (d mqttDialect) credentials(time.Time) (string, string, time.Time, error) {
-	return d.o.Username, d.o.Password, time.Time{}, nil
+	return d.o.Username, d.o.password, time.Time{}, nil
 }
 func (d mqttDialect) topic(rec *msg.Record) string { return rec.Topic() }
 func (d mqttDialect) c2dTopic() string             { return d.o.C2DTopic }
@@ -77,12 +77,12 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetResumeSubs(false).
-		SetKeepAlive(s.opt.KeepAlive).
-		SetPingTimeout(max(s.opt.KeepAlive/2, time.Second)).
-		SetConnectTimeout(max(2*s.opt.KeepAlive, 10*time.Second)).
+		SetKeepAlive(s.opt.Keepalive).
+		SetPingTimeout(max(s.opt.Keepalive/2, time.Second)).
+		SetConnectTimeout(max(2*s.opt.Keepalive, 10*time.Second)).
 		// Bounds a network write, and how long Publish blocks when the
 		// connection died under it.
-		SetWriteTimeout(min(max(s.opt.KeepAlive, 2*time.Second), 10*time.Second)).
+		SetWriteTimeout(min(max(s.opt.Keepalive, 2*time.Second), 10*time.Second)).
 		SetProtocolVersion(4).
 		// Inbound C2D is acknowledged by us, after Inbox, in receive order:
 		// OrderMatters keeps paho's handler calls in receive order and the
@@ -154,7 +154,7 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 
 	s.connected(downSince)
 	if !expires.IsZero() {
-		renew := time.Until(expires) - s.opt.Azure.RenewBefore
+		renew := time.Until(expires) - s.opt.RenewBefore
 		t := time.AfterFunc(max(renew, 0), func() { cancel(errRenew) })
 		defer t.Stop()
 	}

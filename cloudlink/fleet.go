@@ -27,7 +27,7 @@ const (
 )
 
 // Fleet is azure identity "per-device": every leaf with a key of its own
-// (AzureOptions.DeviceKeys), or every leaf when KeyName makes the key a
+// (Options.DeviceKeys), or every leaf when KeyName makes the key a
 // shared access policy key, gets its own connection as its own IoT Hub
 // device; the gateway's own records, and leaves without a key, go over the
 // gateway's connection with outpost-device as in identity "gateway".
@@ -75,7 +75,7 @@ type parkingQueue interface {
 // forwarding from q.
 func NewFleet(opt Options, q queue) (*Fleet, error) {
 	gw := opt
-	gw.Azure.Identity = IdentityGateway // the gateway's own connection (withDefaults also checks the device keys)
+	gw.Identity = IdentityGateway // the gateway's own connection (withDefaults also checks the device keys)
 	o, err := gw.withDefaults()
 	if err != nil {
 		return nil, err
@@ -87,12 +87,12 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	if o.Protocol != ProtocolAzure {
 		return nil, fmt.Errorf("%w: identity per-device is for protocol azure-iothub", ErrOptions)
 	}
-	for dev := range opt.Azure.DeviceKeys {
+	for dev := range opt.DeviceKeys {
 		if err := msg.ValidDeviceID(dev); err != nil {
 			return nil, fmt.Errorf("%w: azure device key for %q: %v", ErrOptions, dev, err)
 		}
 	}
-	if opt.Azure.SharedAccessKey == "" && len(opt.Azure.DeviceKeys) == 0 {
+	if o.SharedAccessKey == "" && len(o.DeviceKeys) == 0 {
 		return nil, fmt.Errorf("%w: identity per-device needs device keys or a policy key (X.509 is one identity)", ErrOptions)
 	}
 	f := &Fleet{opt: o, q: pq, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol, "identity", IdentityPerDevice),
@@ -103,7 +103,7 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 	}
 	// Every known leaf with an identity connects from the start, so that
 	// C2D reaches it before it has sent anything.
-	for _, dev := range append(slices.Sorted(maps.Keys(opt.Azure.DeviceKeys)), opt.Azure.Leaves...) {
+	for _, dev := range append(slices.Sorted(maps.Keys(opt.DeviceKeys)), opt.Leaves...) {
 		if id := f.identity(dev); id != "" {
 			if _, err := f.queueFor(id); err != nil {
 				return nil, err
@@ -116,13 +116,13 @@ func NewFleet(opt Options, q queue) (*Fleet, error) {
 // identity returns the IoT Hub identity (device id, key, policy name) that
 // dev's records go up as; "" is the gateway's own.
 func (f *Fleet) identity(dev string) string {
-	if dev == f.opt.Azure.DeviceID {
+	if dev == f.opt.DeviceID {
 		return ""
 	}
-	if _, ok := f.opt.Azure.DeviceKeys[dev]; ok {
+	if _, ok := f.opt.DeviceKeys[dev]; ok {
 		return dev
 	}
-	if f.opt.Azure.KeyName != "" && f.opt.Azure.SharedAccessKey != "" && !slices.Contains(f.opt.Azure.NotDevices, dev) {
+	if f.opt.SharedAccessKeyName != "" && f.opt.SharedAccessKey != "" && !slices.Contains(f.opt.NotDevices, dev) {
 		return dev // the policy key signs for any device
 	}
 	return ""
@@ -137,14 +137,14 @@ func (f *Fleet) queueFor(id string) (*devQueue, error) {
 		return dq, nil
 	}
 	o := f.opt
-	o.Azure.DeviceKeys = nil
+	o.DeviceKeys = nil
 	o.connectGate = f.gate.Wait
 	if id != "" {
-		o.Azure.DeviceID, o.ClientID = id, id
-		if k, ok := f.opt.Azure.DeviceKeys[id]; ok {
-			o.Azure.SharedAccessKey, o.Azure.KeyName = k, ""
+		o.DeviceID, o.ClientID = id, id
+		if k, ok := f.opt.DeviceKeys[id]; ok {
+			o.SharedAccessKey, o.SharedAccessKeyName = k, ""
 		}
-		o.CertFile, o.KeyFile = "", "" // a leaf signs in with its SAS, not the gateway's certificate
+		o.TLS.CertFile, o.TLS.KeyFile = "", "" // a leaf signs in with its SAS, not the gateway's certificate
 		o.Logger = f.opt.Logger.With("device", id)
 	}
 	dq := &devQueue{f: f, avail: make(chan struct{}, 1), out: map[uint64]ent{}}
@@ -276,7 +276,7 @@ func (f *Fleet) Status() Status {
 		st.C2DDuplicates += d.C2DDuplicates
 		name := id
 		if name == "" {
-			name = f.opt.Azure.DeviceID
+			name = f.opt.DeviceID
 		}
 		f.mu.Lock()
 		parked := len(f.devs[id].parked)

@@ -53,16 +53,13 @@ func TestAzurePerDevice(t *testing.T) {
 
 	var mu sync.Mutex
 	var inbox []string
-	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
-			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key, "leaf-4": testLeaf1Key}},
-		Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
-			mid, _ := props.Get(msg.PropMessageID)
-			mu.Lock()
-			defer mu.Unlock()
-			inbox = append(inbox, fmt.Sprintf("%s %s %s", device, mid, payload))
-			return nil
-		}})
+	opt := fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t), DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key, "leaf-4": testLeaf1Key}, Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
+		mid, _ := props.Get(msg.PropMessageID)
+		mu.Lock()
+		defer mu.Unlock()
+		inbox = append(inbox, fmt.Sprintf("%s %s %s", device, mid, payload))
+		return nil
+	}})
 	l, err := Open(opt, q)
 	if err != nil {
 		t.Fatal(err)
@@ -210,9 +207,7 @@ func TestAzurePerDeviceOutage(t *testing.T) {
 	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key})
 	px := newProxy(t, hub.Addr())
 	q := openStore(t)
-	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + px.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
-			DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}})
+	opt := fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + px.Addr(), Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t), DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}})
 	l, err := Open(opt, q)
 	if err != nil {
 		t.Fatal(err)
@@ -457,9 +452,7 @@ func TestFleetParkedEvicted(t *testing.T) {
 // stopped cleanly, when the test ends.
 func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
 	t.Helper()
-	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice,
-		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}}, q)
+	f, err := NewFleet(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice}, DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "leaf-2": testLeaf2Key}}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,14 +472,11 @@ func routeOnly(t *testing.T, q queue) (*Fleet, context.Context) {
 // operator is no IoT Hub device: what it publishes goes under the
 // gateway's identity.
 func TestFleetIdentity(t *testing.T) {
-	f, err := NewFleet(Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, KeyName: "devices", Identity: IdentityPerDevice,
-		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, NotDevices: []string{"dash"}}}, openStore(t))
+	f, err := NewFleet(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, SharedAccessKeyName: "devices", Identity: IdentityPerDevice}, DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, NotDevices: []string{"dash"}}, openStore(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := Options{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Azure: AzureOptions{Host: testHubHost,
-		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice, DeviceKeys: map[string]string{"leaf-1": "!!"}}}
+	bad := Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://127.0.0.1:1", Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice}, DeviceKeys: map[string]string{"leaf-1": "!!"}}
 	if _, err := NewFleet(bad, openStore(t)); !errors.Is(err, ErrOptions) || !strings.Contains(err.Error(), "leaf-1") {
 		t.Errorf("a fleet with a leaf key that is not base64: %v", err)
 	}

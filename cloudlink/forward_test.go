@@ -14,7 +14,7 @@ import (
 // for a slot forever (connected, nothing sent). A stream must hold no slot
 // while it waits for records.
 func TestStreamHoldsNoSlotsWhileWaiting(t *testing.T) {
-	s, err := New(Options{URL: "mqtt://127.0.0.1:1", ClientID: "gw-slots", MaxInflight: 4}, newMemQueue())
+	s, err := New(Options{Config: Config{URL: "mqtt://127.0.0.1:1", ClientID: "gw-slots", MaxInflight: 4}}, newMemQueue())
 	if err != nil {
 		t.Fatal(err)
 	}

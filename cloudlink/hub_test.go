@@ -74,18 +74,16 @@ func TestAzureConformance(t *testing.T) {
 
 	var mu sync.Mutex
 	var inbox []string
-	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, TokenTTL: 4 * time.Second, RenewBefore: 2 * time.Second},
-		Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
-			k, _ := props.Get("k")
-			mid, _ := props.Get(msg.PropMessageID)
-			mu.Lock()
-			defer mu.Unlock()
-			// The hub completes a C2D message on its PUBACK: not yet.
-			inbox = append(inbox, fmt.Sprintf("%s %s k=%q %s completed=%d", device, mid, k, payload, hub.Completed("gw-01")))
-			return nil
-		}})
-	opt.KeepAlive = 2 * time.Second
+	opt := fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t), tokenTTL: 4 * time.Second, RenewBefore: 2 * time.Second, Inbox: func(_ context.Context, device string, props msg.Props, payload []byte) error {
+		k, _ := props.Get("k")
+		mid, _ := props.Get(msg.PropMessageID)
+		mu.Lock()
+		defer mu.Unlock()
+		// The hub completes a C2D message on its PUBACK: not yet.
+		inbox = append(inbox, fmt.Sprintf("%s %s k=%q %s completed=%d", device, mid, k, payload, hub.Completed("gw-01")))
+		return nil
+	}})
+	opt.Keepalive = 2 * time.Second
 	s, err := New(opt, q)
 	if err != nil {
 		t.Fatal(err)
@@ -200,8 +198,7 @@ func TestAzurePolicyKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			q := newMemQueue()
 			fill(q, 5, "gw-01")
-			s, err := New(fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-				Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: policyKey, KeyName: tc.keyName}}), q)
+			s, err := New(fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: policyKey, SharedAccessKeyName: tc.keyName, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t)}), q)
 			if err != nil {
 				t.Fatal(err)
 			}

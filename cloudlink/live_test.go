@@ -26,7 +26,7 @@ func TestLiveFirst(t *testing.T) {
 	fresh := collectFilter(t, "tcp://"+m.Addr, nil, "", "", "devices/live-1/messages/events/#")
 	q := newMemQueue()
 	want, payloads := fill(q, backlog, "old-a", "old-b", "old-c", "old-d")
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-live", Logger: testLogger(t)}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-live"}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestReplayRate(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	q := newMemQueue()
 	want, payloads := fill(q, 1000, "a", "b")
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-rate", ReplayRate: 1000, MaxInflight: 16, Logger: testLogger(t)}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-rate", ReplayRate: 1000, MaxInflight: 16}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestLiveFirstOrder(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	q := newMemQueue()
 	want, payloads := fill(q, 5000, "old-a", "old-b")
-	s, err := New(fastRetry(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-order", MaxInflight: 8, Logger: testLogger(t)}), q)
+	s, err := New(fastRetry(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-order", MaxInflight: 8}, Logger: testLogger(t)}), q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestLiveFirstBurstOrder(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	px := newProxy(t, m.Addr)
 	q := newMemQueue()
-	s, err := New(fastRetry(Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-burst", MaxInflight: 2, Logger: testLogger(t)}), q)
+	s, err := New(fastRetry(Options{Config: Config{URL: "mqtt://" + px.Addr(), ClientID: "gw-burst", MaxInflight: 2}, Logger: testLogger(t)}), q)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestMosquittoPlain(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	q := newMemQueue()
 	want, payloads := fill(q, 3000, "meter-1", "leaf-a", "thermo-1")
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-plain", MaxInflight: 32, Logger: testLogger(t)}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-plain", MaxInflight: 32}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}

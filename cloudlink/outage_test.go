@@ -82,7 +82,7 @@ func waitOutages(t *testing.T, s *Session, n uint64) {
 
 func fastRetry(o Options) Options {
 	o.RetryMin, o.RetryMax = 20*time.Millisecond, 200*time.Millisecond
-	o.KeepAlive = time.Second
+	o.Keepalive = time.Second
 	return o
 }
 
@@ -107,10 +107,10 @@ func TestOutageProxyCut(t *testing.T) {
 			col := collect(t, "tcp://"+m.Addr, nil, "", "")
 			px := newProxy(t, m.Addr)
 			q := newMemQueue()
-			opt := Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-cut", MaxInflight: 16, StrictOrder: strict, Logger: testLogger(t)}
+			opt := Options{Config: Config{URL: "mqtt://" + px.Addr(), ClientID: "gw-cut", MaxInflight: 16}, StrictOrder: strict, Logger: testLogger(t)}
 			if mode == "packed" {
 				// Packs open when a cut comes are released with the rest.
-				opt.Pack = PackOptions{MaxBytes: 1024, MaxDelay: 50 * time.Millisecond}
+				opt.Pack = PackConfig{MaxBytes: 1024, MaxDelay: 50 * time.Millisecond}
 			}
 			s, err := New(fastRetry(opt), q)
 			if err != nil {
@@ -160,7 +160,7 @@ func TestOutageMosquittoRestart(t *testing.T) {
 	// (PUBACK) messages that nobody subscribes to yet and drop them.
 	gate := newProxy(t, m.Addr)
 	q := newMemQueue()
-	s, err := New(fastRetry(Options{URL: "mqtt://" + gate.Addr(), ClientID: "gw-restart", MaxInflight: 16, StrictOrder: true, Logger: testLogger(t)}), q)
+	s, err := New(fastRetry(Options{Config: Config{URL: "mqtt://" + gate.Addr(), ClientID: "gw-restart", MaxInflight: 16}, StrictOrder: true, Logger: testLogger(t)}), q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestHalfOpenLink(t *testing.T) {
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	px := newProxy(t, m.Addr)
 	q := newMemQueue()
-	s, err := New(fastRetry(Options{URL: "mqtt://" + px.Addr(), ClientID: "gw-halfopen", Logger: testLogger(t)}), q)
+	s, err := New(fastRetry(Options{Config: Config{URL: "mqtt://" + px.Addr(), ClientID: "gw-halfopen"}, Logger: testLogger(t)}), q)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,29 +13,9 @@ import (
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
-// PackOptions turns packing on: several small JSON readings of one device
-// go up as one message whose body is a JSON array of their bodies, up to
-// MaxBytes (IoT Hub meters messages in 4 KB units, so four 1 KB readings
-// sent alone cost four units and packed cost one). A reading waits at most
-// MaxDelay for others to join it.
-//
-// A pack carries $.mid derived from its readings' ids (the same readings
-// always make the same $.mid, so a pack sent again after a reconnect is
-// recognisable), outpost-seq of its first reading, outpost-pack with the
-// number of readings, and the readings' common properties. Readings pack
-// together only when their properties are equal; a reading whose body is
-// not JSON, or that is too large to share a message, goes alone,
-// unchanged, and so does a pack of one.
-type PackOptions struct {
-	MaxBytes int
-	MaxDelay time.Duration // default 2 s
-}
-
 // PropPack is the property that marks a packed message: the number of
 // readings in its JSON array body.
 const PropPack = "outpost-pack"
-
-const defaultPackDelay = 2 * time.Second
 
 // packer collects records into per-device packs for one connection. Its
 // mutex serialises all publishing of a packing forwarder, so each device's
@@ -59,11 +39,11 @@ type pack struct {
 	bslot  bool // holds a backlog slot (for its first backlog record)
 }
 
-func newPacker(f *forwarder, o PackOptions) *packer {
+func newPacker(f *forwarder, o PackConfig) *packer {
 	if o.MaxDelay <= 0 {
-		o.MaxDelay = defaultPackDelay
+		o.MaxDelay = DefaultPackMaxDelay
 	}
-	return &packer{f: f, max: o.MaxBytes, delay: o.MaxDelay, open: map[string]*pack{}}
+	return &packer{f: f, max: int(o.MaxBytes), delay: o.MaxDelay, open: map[string]*pack{}}
 }
 
 // packable reports whether r may share a message: a JSON body small enough

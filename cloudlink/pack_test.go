@@ -68,8 +68,7 @@ func TestPackMosquitto(t *testing.T) {
 		}
 	}
 	const maxBytes = 4096
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-pack", MaxInflight: 16,
-		Pack: PackOptions{MaxBytes: maxBytes, MaxDelay: 100 * time.Millisecond}, Logger: testLogger(t)}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-pack", MaxInflight: 16, Pack: PackConfig{MaxBytes: maxBytes, MaxDelay: 100 * time.Millisecond}}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,8 +129,7 @@ func TestPackWaitsForCompanions(t *testing.T) {
 	m := peertest.StartMosquitto(t)
 	col := collect(t, "tcp://"+m.Addr, nil, "", "")
 	q := newMemQueue()
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-pack2",
-		Pack: PackOptions{MaxBytes: 4096, MaxDelay: time.Second}, Logger: testLogger(t)}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-pack2", Pack: PackConfig{MaxBytes: 4096, MaxDelay: time.Second}}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,9 +172,7 @@ func TestPackAzure(t *testing.T) {
 	for i := range 200 {
 		appendRecs(t, q, &msg.Record{Device: fmt.Sprintf("leaf-%d", i%2), Payload: []byte(fmt.Sprintf(`{"i":%d,"t":21.5}`, i))})
 	}
-	opt := fastRetry(Options{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), CAFile: pki.ca, Logger: testLogger(t),
-		Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey},
-		Pack:  PackOptions{MaxBytes: 4096, MaxDelay: 100 * time.Millisecond}})
+	opt := fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Pack: PackConfig{MaxBytes: 4096, MaxDelay: 100 * time.Millisecond}, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t)})
 	s, err := New(opt, q)
 	if err != nil {
 		t.Fatal(err)
@@ -241,8 +237,7 @@ func TestPackBacklogManyDevices(t *testing.T) {
 	}
 	q := newMemQueue()
 	want, payloads := fill(q, 400, devs...)
-	s, err := New(Options{URL: "mqtt://" + m.Addr, ClientID: "gw-pack3", MaxInflight: 16, Logger: testLogger(t),
-		Pack: PackOptions{MaxBytes: 4096, MaxDelay: 2 * time.Second}}, q)
+	s, err := New(Options{Config: Config{URL: "mqtt://" + m.Addr, ClientID: "gw-pack3", MaxInflight: 16, Pack: PackConfig{MaxBytes: 4096, MaxDelay: 2 * time.Second}}, Logger: testLogger(t)}, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,9 +278,7 @@ func (c *recordingClient) Publish(topic string, _ byte, _ bool, payload any) pah
 // 256 KiB an oversize pack that IoT Hub refused after every reconnect.)
 func TestPackNeverOverMaxBytes(t *testing.T) {
 	for _, max := range []int{512, 4096, 256 << 10} {
-		s, err := New(Options{Protocol: ProtocolAzure, URL: "mqtts://h:8883", Logger: testLogger(t),
-			Azure: AzureOptions{Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey},
-			Pack:  PackOptions{MaxBytes: max, MaxDelay: time.Hour}}, newMemQueue())
+		s, err := New(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://h:8883", Host: testHubHost, DeviceID: "gw-01", SharedAccessKey: testGWKey, Pack: PackConfig{MaxBytes: msg.Size(max), MaxDelay: time.Hour}}, Logger: testLogger(t)}, newMemQueue())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func New(opt Options, q queue) (*Session, error) {
 	var useTLS bool
 	s.addr, useTLS, _ = brokerAddr(o.URL)
 	if useTLS {
-		if s.tls, err = tlsConfig(o, s.addr); err != nil {
+		if s.tls, err = tlsConfig(o.TLS, s.addr); err != nil {
 			return nil, err
 		}
 	}

@@ -11,7 +11,7 @@ import (
 // tlsConfig verifies the server against CAFile (or the system roots) and
 // presents CertFile/KeyFile when set. addr is host:port; its host is the
 // expected server name unless ServerName is set.
-func tlsConfig(o Options, addr string) (*tls.Config, error) {
+func tlsConfig(o TLSConfig, addr string) (*tls.Config, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("cloudlink: %w", err)

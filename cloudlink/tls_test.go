@@ -123,14 +123,14 @@ func TestMosquittoSecure(t *testing.T) {
 		opt     Options
 		wantErr string // "" = must deliver
 	}{
-		{"password", Options{URL: "mqtt://" + m.Addr, Username: "gwuser", Password: "gw pass"}, ""},
-		{"wrong password", Options{URL: "mqtt://" + m.Addr, Username: "gwuser", Password: "nope"}, "not Authorized"},
-		{"tls with ca_file", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca}, ""},
-		{"tls, system roots only", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass"}, "certificate"},
-		{"tls, server name set", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca, ServerName: "localhost"}, ""},
-		{"tls, wrong server name", Options{URL: "mqtts://" + tlsAddr, Username: "gwuser", Password: "gw pass", CAFile: pki.ca, ServerName: "broker.example"}, "certificate"},
-		{"mtls", Options{URL: "mqtts://" + mtlsAddr, CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}, ""},
-		{"mtls without client cert", Options{URL: "mqtts://" + mtlsAddr, CAFile: pki.ca}, "connect"},
+		{"password", Options{Config: Config{URL: "mqtt://" + m.Addr, Username: "gwuser"}, password: "gw pass"}, ""},
+		{"wrong password", Options{Config: Config{URL: "mqtt://" + m.Addr, Username: "gwuser"}, password: "nope"}, "not Authorized"},
+		{"tls with ca_file", Options{Config: Config{URL: "mqtts://" + tlsAddr, Username: "gwuser", TLS: TLSConfig{CAFile: pki.ca}}, password: "gw pass"}, ""},
+		{"tls, system roots only", Options{Config: Config{URL: "mqtts://" + tlsAddr, Username: "gwuser"}, password: "gw pass"}, "certificate"},
+		{"tls, server name set", Options{Config: Config{URL: "mqtts://" + tlsAddr, Username: "gwuser", TLS: TLSConfig{CAFile: pki.ca, ServerName: "localhost"}}, password: "gw pass"}, ""},
+		{"tls, wrong server name", Options{Config: Config{URL: "mqtts://" + tlsAddr, Username: "gwuser", TLS: TLSConfig{CAFile: pki.ca, ServerName: "broker.example"}}, password: "gw pass"}, "certificate"},
+		{"mtls", Options{Config: Config{URL: "mqtts://" + mtlsAddr, TLS: TLSConfig{CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}}}, ""},
+		{"mtls without client cert", Options{Config: Config{URL: "mqtts://" + mtlsAddr, TLS: TLSConfig{CAFile: pki.ca}}}, "connect"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			col := collect(t, "tcp://"+m.Addr, nil, "cloudapp", "app-pass")
@@ -161,7 +161,7 @@ func TestMosquittoSecure(t *testing.T) {
 			if !strings.Contains(st.LastError, tc.wantErr) || st.Connected || st.Forwarded != 0 || q.Len() != 50 {
 				t.Errorf("refused session: status %+v, queue %d (want error containing %q)", st, q.Len(), tc.wantErr)
 			}
-			if strings.Contains(st.LastError, o.Password) && o.Password != "" {
+			if strings.Contains(st.LastError, o.password) && o.password != "" {
 				t.Errorf("password in error: %s", st.LastError)
 			}
 		})

@@ -211,54 +211,23 @@ func (g *Gateway) hubOptions() hub.Options {
 }
 
 func (g *Gateway) linkOptions() (cloudlink.Options, error) {
-	c := g.cfg.Cloud
-	opt := cloudlink.Options{
-		Protocol: c.Protocol, URL: c.URL,
-		ClientID: c.ClientID, Username: c.Username,
-		CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
-		InsecureSkipVerify: c.TLS.InsecureSkipVerify,
-		ServerName:         c.TLS.ServerName,
-		MaxInflight:        c.MaxInflight,
-		KeepAlive:          c.Keepalive,
-		ReplayRate:         c.ReplayRate,
-		Logger:             g.log.With("part", "cloudlink"),
+	opt := cloudlink.Options{Config: g.cfg.Cloud, GatewayID: g.cfg.Gateway.ID, Logger: g.log.With("part", "cloudlink")}
+	if g.cfg.Cloud.Protocol != cloudlink.ProtocolAzure || g.cfg.Cloud.Identity != cloudlink.IdentityPerDevice {
+		return opt, nil
 	}
-	if opt.ClientID == "" {
-		opt.ClientID = g.cfg.Gateway.ID
+	keys, err := g.deviceKeys()
+	if err != nil {
+		return opt, err
 	}
-	if c.Pack.MaxBytes > 0 {
-		opt.Pack = cloudlink.PackOptions{MaxBytes: int(c.Pack.MaxBytes), MaxDelay: c.Pack.MaxDelay}
+	opt.DeviceKeys = keys
+	for _, d := range g.cfg.Devices {
+		opt.Leaves = append(opt.Leaves, d.ID)
 	}
-	if c.PasswordFile != "" {
-		pw, err := os.ReadFile(c.PasswordFile)
-		if err != nil {
-			return opt, fmt.Errorf("gateway: cloud.password_file: %w", err)
-		}
-		opt.Password = strings.TrimRight(string(pw), "\r\n")
-	}
-	if c.Protocol == cloudlink.ProtocolAzure {
-		key, err := sasKey("cloud", c.SharedAccessKey, c.SharedAccessKeyFile)
-		if err != nil {
-			return opt, err
-		}
-		opt.Azure = cloudlink.AzureOptions{Host: c.Host, DeviceID: c.DeviceID, SharedAccessKey: key,
-			KeyName: c.SharedAccessKeyName, Identity: c.Identity, TokenTTL: c.SASTTL}
-		if c.Identity == cloudlink.IdentityPerDevice {
-			keys, err := g.deviceKeys()
-			if err != nil {
-				return opt, err
-			}
-			opt.Azure.DeviceKeys = keys
-			for _, d := range g.cfg.Devices {
-				opt.Azure.Leaves = append(opt.Azure.Leaves, d.ID)
-			}
-			for _, c := range g.cfg.Hub.Clients {
-				if c.IsDevice() {
-					opt.Azure.Leaves = append(opt.Azure.Leaves, c.ID)
-				} else {
-					opt.Azure.NotDevices = append(opt.Azure.NotDevices, c.ID)
-				}
-			}
+	for _, c := range g.cfg.Hub.Clients {
+		if c.IsDevice() {
+			opt.Leaves = append(opt.Leaves, c.ID)
+		} else {
+			opt.NotDevices = append(opt.NotDevices, c.ID)
 		}
 	}
 	return opt, nil

@@ -105,23 +105,24 @@ func TestLinkOptions(t *testing.T) {
 	cfg.Cloud.URL = "mqtts://broker:8883"
 	cfg.Cloud.PasswordFile = pw
 	cfg.Cloud.TLS.ServerName = "broker.example"
+	// The cloud section goes to cloudlink whole (it reads the secret files
+	// and derives the defaults: cloudlink's TestOptionsFiles).
 	opt, err := New(cfg, nil).linkOptions()
-	if err != nil || opt.Password != "s3cret" || opt.ClientID != "gw-1" || opt.ServerName != "broker.example" {
+	if err != nil || opt.Config != cfg.Cloud || opt.GatewayID != "gw-1" || opt.DeviceKeys != nil {
 		t.Fatalf("mqtt linkOptions = %+v, %v", opt, err)
+	}
+	if _, err := cloudlink.New(opt, nil); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("mqtt link with nil queue: %v", err)
 	}
 
 	cfg.Cloud.Protocol = cloudlink.ProtocolAzure
 	cfg.Cloud.PasswordFile = ""
 	cfg.Cloud.Host, cfg.Cloud.DeviceID = "hub.example", "gw-1"
 	cfg.Cloud.SharedAccessKeyFile, cfg.Cloud.SharedAccessKeyName = key, "gateways"
-	opt, err = New(cfg, nil).linkOptions()
-	if err != nil || opt.Azure.SharedAccessKey != "a2V5" || opt.Azure.KeyName != "gateways" || opt.Azure.Host != "hub.example" {
-		t.Fatalf("azure linkOptions = %+v, %v", opt.Azure, err)
-	}
-
 	cfg.Cloud.Pack.MaxBytes, cfg.Cloud.Pack.MaxDelay = 4096, time.Second
-	if opt, err := New(cfg, nil).linkOptions(); err != nil || opt.Pack != (cloudlink.PackOptions{MaxBytes: 4096, MaxDelay: time.Second}) {
-		t.Fatalf("cloud.pack: %+v, %v", opt.Pack, err)
+	opt, err = New(cfg, nil).linkOptions()
+	if err != nil || opt.Config != cfg.Cloud {
+		t.Fatalf("azure linkOptions = %+v, %v", opt.Config, err)
 	}
 	cfg.Cloud.Pack.MaxBytes, cfg.Cloud.Pack.MaxDelay = 0, 0
 
@@ -134,11 +135,11 @@ func TestLinkOptions(t *testing.T) {
 	cfg.Devices = []config.Device{{ID: "meter-1", Azure: &config.DeviceAzure{SharedAccessKey: "bWV0ZXI="}}, {ID: "meter-2"}}
 	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "leaf-1"}, Azure: &config.DeviceAzure{SharedAccessKeyFile: leafKey}}, {Client: hub.Client{ID: "dash", ReadAll: true}}}
 	opt, err = New(cfg, nil).linkOptions()
-	if err != nil || len(opt.Azure.DeviceKeys) != 2 || opt.Azure.DeviceKeys["meter-1"] != "bWV0ZXI=" || opt.Azure.DeviceKeys["leaf-1"] != "bGVhZg==" || opt.Azure.Identity != "per-device" {
-		t.Fatalf("per-device linkOptions = %+v, %v", opt.Azure, err)
+	if err != nil || len(opt.DeviceKeys) != 2 || opt.DeviceKeys["meter-1"] != "bWV0ZXI=" || opt.DeviceKeys["leaf-1"] != "bGVhZg==" || opt.Identity != "per-device" {
+		t.Fatalf("per-device linkOptions = %+v, %v", opt, err)
 	}
-	if !slices.Equal(opt.Azure.Leaves, []string{"meter-1", "meter-2", "leaf-1"}) || !slices.Equal(opt.Azure.NotDevices, []string{"dash"}) {
-		t.Fatalf("leaves %v, not devices %v", opt.Azure.Leaves, opt.Azure.NotDevices)
+	if !slices.Equal(opt.Leaves, []string{"meter-1", "meter-2", "leaf-1"}) || !slices.Equal(opt.NotDevices, []string{"dash"}) {
+		t.Fatalf("leaves %v, not devices %v", opt.Leaves, opt.NotDevices)
 	}
 	if l, err := cloudlink.Open(opt, nil); err == nil {
 		t.Fatalf("Open with a nil queue: %T", l)
@@ -150,7 +151,11 @@ func TestLinkOptions(t *testing.T) {
 	cfg.Devices, cfg.Hub.Clients, cfg.Cloud.Identity = nil, nil, cloudlink.IdentityGateway
 
 	cfg.Cloud.SharedAccessKeyFile = filepath.Join(dir, "missing")
-	if _, err := New(cfg, nil).linkOptions(); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {
+	opt, err = New(cfg, nil).linkOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cloudlink.New(opt, nil); err == nil || !strings.Contains(err.Error(), "shared_access_key_file") {
 		t.Fatalf("missing key file: %v", err)
 	}
 }

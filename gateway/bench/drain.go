@@ -75,7 +75,7 @@ func Drain(ctx context.Context, opt DrainOptions) (*Report, error) {
 		return nil, fmt.Errorf("subscribe: %v", tok.Error())
 	}
 
-	s, err := cloudlink.New(cloudlink.Options{URL: "mqtt://" + mq.addr, ClientID: "bench-drain", MaxInflight: opt.Inflight}, q)
+	s, err := cloudlink.New(cloudlink.Options{Config: cloudlink.Config{URL: "mqtt://" + mq.addr, ClientID: "bench-drain", MaxInflight: opt.Inflight}}, q)
 	if err != nil {
 		return nil, err
 	}
