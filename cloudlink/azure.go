@@ -1,7 +1,6 @@
 package cloudlink
 
 import (
-	"encoding/base64"
 	"fmt"
 	"strconv"
 	"strings"
@@ -21,27 +20,17 @@ const PropDevice = "outpost-device"
 // and valid until expiry. policy is the shared access policy name, empty for a
 // device key (then no skn field is written).
 func SASToken(resourceURI, key string, expiry time.Time, policy string) (string, error) {
-	k, err := decodeKey(key)
+	k, err := iothub.DecodeKey(key)
 	if err != nil {
 		return "", fmt.Errorf("cloudlink: sas key: %w", err)
 	}
 	return iothub.Sign(resourceURI, k, expiry, policy), nil
 }
 
-func decodeKey(key string) ([]byte, error) {
-	k, err := base64.StdEncoding.DecodeString(key)
-	if err != nil {
-		return nil, fmt.Errorf("not base64: %w", err)
-	}
-	if len(k) == 0 {
-		return nil, fmt.Errorf("empty key")
-	}
-	return k, nil
-}
-
-// AzureUsername is the MQTT username IoT Hub expects for a device.
+// AzureUsername is the MQTT username IoT Hub expects for a device
+// (iothub.Username, at iothub.DefaultAPIVersion).
 func AzureUsername(host, deviceID string) string {
-	return host + "/" + deviceID + "/?api-version=" + azureAPIVersion
+	return iothub.Username{Host: host, DeviceID: deviceID}.String()
 }
 
 // azureDialect speaks IoT Hub's MQTT 3.1.1 endpoint for one identity.

@@ -167,7 +167,6 @@ type Options struct {
 
 const (
 	azureMaxMessageBytes = 256 * 1024
-	azureAPIVersion      = "2021-04-12"
 	defaultC2DTopic      = "devices/+/messages/devicebound/#"
 )
 

@@ -1,7 +1,6 @@
 package cloudlink
 
 import (
-	"encoding/base64"
 	"errors"
 	"math"
 	"net/url"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/iothub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -309,7 +309,7 @@ func (v *checker) checkKey(path, key string) {
 // ValidKey checks an IoT Hub shared access key as the config file writes
 // it: non-empty standard base64.
 func ValidKey(key string) error {
-	if b, err := base64.StdEncoding.DecodeString(key); err != nil || len(b) == 0 {
+	if _, err := iothub.DecodeKey(key); err != nil {
 		return errors.New("is not a base64 key")
 	}
 	return nil
