@@ -31,7 +31,7 @@ func (s *Session) intake(ctx context.Context, cancel context.CancelCauseFunc, in
 
 // takeIn hands one message to Inbox unless it is a recent duplicate.
 func (s *Session) takeIn(ctx context.Context, m paho.Message) error {
-	device, props, err := s.d.c2d(m.Topic())
+	device, props, err := s.d.C2D(m.Topic())
 	if err != nil {
 		// Not a C2D topic we understand: it can never be taken in, so it is
 		// acknowledged and dropped rather than redelivered forever.

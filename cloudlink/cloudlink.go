@@ -25,9 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -277,34 +275,4 @@ func (o Options) withDefaults() (Options, error) {
 		bad("pack max_bytes %d: over the upstream's message cap %d", p.MaxBytes, o.MaxMessageBytes)
 	}
 	return o, errors.Join(errs...)
-}
-
-// brokerAddr turns mqtt://host[:port] or mqtts://host[:port] into host:port
-// and whether TLS is used. tcp://, ssl:// and tls:// are accepted too.
-func brokerAddr(raw string) (addr string, useTLS bool, err error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", false, fmt.Errorf("url %q: %w", raw, err)
-	}
-	useTLS, known := brokerScheme(u.Scheme)
-	if !known {
-		return "", false, fmt.Errorf("url %q: scheme %q: want mqtt:// or mqtts://", raw, u.Scheme)
-	}
-	port := "1883"
-	if useTLS {
-		port = "8883"
-	}
-	if u.Hostname() == "" {
-		return "", false, fmt.Errorf("url %q: no host", raw)
-	}
-	if (u.Path != "" && u.Path != "/") || u.User != nil {
-		return "", false, fmt.Errorf("url %q: only scheme://host:port is allowed (credentials go in username/password_file)", raw)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n <= 0 || n > 65535 {
-			return "", false, fmt.Errorf("url %q: bad port", raw)
-		}
-		port = p
-	}
-	return u.Hostname() + ":" + port, useTLS, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/cloudlink/internal/wire"
 	"github.com/outpost-iot/outpost/gateway/iothub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -324,7 +325,7 @@ func (v *checker) cloudURL(key, raw string) (secure bool) {
 		v.errorf(path, "%s: bad broker URL %q: want mqtts://host:port or mqtt://host:port", key, RedactURL(raw))
 		return true
 	}
-	secure, known := brokerScheme(u.Scheme)
+	secure, known := wire.BrokerScheme(u.Scheme)
 	if !known {
 		v.errorf(path, "%s: unknown scheme %q in %q (want mqtts://, or mqtt:// for plain TCP)", key, u.Scheme, RedactURL(raw))
 		return true
@@ -350,18 +351,6 @@ func inflightOK(n int) bool { return n >= 1 && n <= 65535 }
 // tlsPairOK reports whether a client certificate and its key are given
 // together (or neither).
 func tlsPairOK(cert, key string) bool { return (cert == "") == (key == "") }
-
-// brokerScheme reports whether a broker URL's scheme means TLS, and whether
-// it is one of the schemes accepted: mqtt and tcp (plain), mqtts, ssl and tls.
-func brokerScheme(scheme string) (secure, known bool) {
-	switch strings.ToLower(scheme) {
-	case "mqtts", "ssl", "tls":
-		return true, true
-	case "mqtt", "tcp":
-		return false, true
-	}
-	return false, false
-}
 
 // RedactURL drops a URL's user info, query and fragment, for logs and
 // summaries.

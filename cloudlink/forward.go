@@ -161,7 +161,7 @@ func (f *forwarder) publishRec(ctx context.Context, rec *msg.Record, p *pub) err
 		<-f.slots
 		return nil
 	}
-	tok := f.c.Publish(f.s.d.topic(rec), 1, false, rec.Payload)
+	tok := f.c.Publish(f.s.d.Topic(rec), 1, false, rec.Payload)
 	f.mu.Lock()
 	f.sent++
 	f.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/outpost-iot/outpost/cloudlink/internal/pace"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -72,10 +73,7 @@ func (f *forwarder) lease(ctx context.Context) error {
 //
 // It never holds in-flight slots while it waits in next: it leases first (up
 // to a window's worth ahead) and takes a slot per record just before
-// publishing it. A leaser that took its slots first and then waited for
-// records starved everyone else; that was a real stall: the live stream,
-// idle in LeaseFrom with no fresh data, held the whole window and the backlog
-// never got a slot (TestStreamHoldsNoSlotsWhileWaiting).
+// publishing it, so a stream idle in next cannot starve another of slots.
 func (f *forwarder) stream(ctx context.Context, next func(context.Context, int) ([]*msg.Record, error)) error {
 	for {
 		recs, err := next(ctx, f.s.opt.MaxInflight)
@@ -119,7 +117,7 @@ func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
 	mark := max(lq.NextSeq(), 1) // backlog: Seq < mark
 	f.s.startDrain(mark - 1)
 	own := f.backlogSlots
-	pace := newPacer(f.s.opt.ReplayRate, cap(own))
+	pacer := pace.New(f.s.opt.ReplayRate, cap(own))
 	max := f.s.opt.MaxInflight
 	backlog := true
 	polled := uint64(0) // NextSeq at the last poll that found nothing
@@ -150,9 +148,9 @@ func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
 		fromBacklog := false
 		if !backlog {
 			recs, err = lq.LeaseFrom(ctx, mark, max)
-		} else if n, wait := f.backlogBudget(pace); n > 0 {
+		} else if n, wait := f.backlogBudget(pacer); n > 0 {
 			fromBacklog = true
-			recs, err = f.leaseBacklog(ctx, n, pace)
+			recs, err = f.leaseBacklog(ctx, n, pacer)
 			if err == nil && (len(recs) == 0 || recs[len(recs)-1].Seq >= mark) {
 				// Lease found nothing, or live data behind the last of
 				// the backlog: the backlog is out.
@@ -183,7 +181,7 @@ func (f *forwarder) liveFirst(ctx context.Context, lq liveQueue) error {
 // backlogBudget takes as many backlog slots as are free and the pacer
 // allows, without waiting. When it takes none, wait is how long until the
 // pacer has a token (0: until a backlog slot frees).
-func (f *forwarder) backlogBudget(pace *pacer) (n int, wait time.Duration) {
+func (f *forwarder) backlogBudget(pacer *pace.Pacer) (n int, wait time.Duration) {
 	own := f.backlogSlots
 	for n < cap(own) {
 		select {
@@ -197,7 +195,7 @@ func (f *forwarder) backlogBudget(pace *pacer) (n int, wait time.Duration) {
 	if n == 0 {
 		return 0, 0
 	}
-	got, wait := pace.take(n)
+	got, wait := pacer.Take(n)
 	for range n - got {
 		<-own
 	}
@@ -207,14 +205,14 @@ func (f *forwarder) backlogBudget(pace *pacer) (n int, wait time.Duration) {
 // leaseBacklog leases up to n oldest records, holding n backlog slots, and
 // gives back the slots and tokens it did not use. It returns no records and
 // no error when Lease found nothing for backlogIdle.
-func (f *forwarder) leaseBacklog(ctx context.Context, n int, pace *pacer) ([]*msg.Record, error) {
+func (f *forwarder) leaseBacklog(ctx context.Context, n int, pacer *pace.Pacer) ([]*msg.Record, error) {
 	lctx, cancel := context.WithTimeout(ctx, backlogIdle)
 	recs, err := f.s.q.Lease(lctx, n)
 	cancel()
 	for range n - len(recs) {
 		<-f.backlogSlots
 	}
-	pace.giveBack(n - len(recs))
+	pacer.GiveBack(n - len(recs))
 	if err != nil && lctx.Err() != nil && ctx.Err() == nil {
 		return nil, nil
 	}

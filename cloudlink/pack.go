@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outpost-iot/outpost/cloudlink/internal/dialect"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -52,7 +53,7 @@ func (k *packer) packable(r *msg.Record) bool {
 	if r.Size() > k.max/2 {
 		return false
 	}
-	if ct, ok := r.Props.Get(msg.PropContentType); ok && !isJSON(ct) {
+	if ct, ok := r.Props.Get(msg.PropContentType); ok && !dialect.IsJSON(ct) {
 		return false
 	}
 	return json.Valid(r.Payload)
@@ -165,7 +166,7 @@ func (k *packer) flush(ctx context.Context, dev string, p *pack) error {
 		n, rec := len(recs), recs[0]
 		for ; n > 1; n-- {
 			rec = packRecord(recs[:n])
-			if len(k.f.s.d.topic(rec))+len(rec.Payload) <= k.max {
+			if len(k.f.s.d.Topic(rec))+len(rec.Payload) <= k.max {
 				break
 			}
 		}

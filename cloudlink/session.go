@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/outpost-iot/outpost/cloudlink/internal/dialect"
+	"github.com/outpost-iot/outpost/cloudlink/internal/wire"
 )
 
 // Session is one upstream link: it forwards the outbox and takes C2D in.
@@ -18,7 +21,7 @@ type Session struct {
 	log  *slog.Logger
 	tls  *tls.Config // nil for plain TCP
 	addr string      // host:port
-	d    dialect
+	d    dialect.Dialect
 
 	mu sync.Mutex
 	st Status
@@ -91,20 +94,17 @@ func New(opt Options, q queue) (*Session, error) {
 		return s, nil
 	}
 	var useTLS bool
-	s.addr, useTLS, _ = brokerAddr(o.URL)
+	s.addr, useTLS, _ = wire.BrokerAddr(o.URL)
 	if useTLS {
-		if s.tls, err = tlsConfig(o.TLS, s.addr); err != nil {
+		if s.tls, err = wire.TLSConfig(wire.TLSFiles(o.TLS), s.addr); err != nil {
 			return nil, err
 		}
 	}
 	switch o.Protocol {
 	case ProtocolAzure:
-		s.d, err = newAzureDialect(o)
+		s.d = dialect.Azure{Host: o.Host, Device: o.DeviceID, Key: o.SharedAccessKey, KeyName: o.SharedAccessKeyName, TTL: o.SASTTL}
 	default:
-		s.d = mqttDialect{o}
-	}
-	if err != nil {
-		return nil, err
+		s.d = dialect.MQTT{ID: o.ClientID, User: o.Username, Pass: o.password, Filter: o.C2DTopic}
 	}
 	return s, nil
 }

@@ -1,4 +1,4 @@
-package cloudlink
+package pace
 
 import (
 	"testing"
@@ -50,15 +50,15 @@ func TestPacer(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPacerAt(tc.rate, tc.burst, now)
+			p := NewAt(tc.rate, tc.burst, now)
 			for i, s := range tc.steps {
 				clock = clock.Add(s.advance)
-				got, wait := p.take(s.want)
+				got, wait := p.Take(s.want)
 				if d := wait - s.wait; got != s.got || d > time.Microsecond || d < -time.Microsecond {
 					t.Fatalf("step %d: take(%d) = %d, %v; want %d, %v", i, s.want, got, wait, s.got, s.wait)
 				}
 				if s.giveBack > 0 {
-					p.giveBack(s.giveBack)
+					p.GiveBack(s.giveBack)
 				}
 			}
 		})

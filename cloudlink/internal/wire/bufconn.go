@@ -1,4 +1,4 @@
-package cloudlink
+package wire
 
 import (
 	"bufio"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// bufConn is the connection paho uses, made cheaper per message:
+// BufConn is the connection paho uses, made cheaper per message:
 //
 //   - Reads are buffered: paho reads a packet's fixed header a byte at a
 //     time, which cost every PUBACK three read syscalls. Only paho's one
@@ -21,7 +21,7 @@ import (
 //     first, so a DISCONNECT written just before Close is sent.
 //
 // Paho's write deadlines are replaced by one per flush (writeTimeout).
-type bufConn struct {
+type BufConn struct {
 	net.Conn
 	r            *bufio.Reader
 	writeTimeout time.Duration
@@ -37,16 +37,16 @@ type bufConn struct {
 // maxPending bounds the write buffer; Write waits for room beyond it.
 const maxPending = 256 << 10
 
-func newBufConn(c net.Conn, writeTimeout time.Duration) *bufConn {
-	b := &bufConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10), writeTimeout: max(writeTimeout, time.Second), done: make(chan struct{})}
+func NewBufConn(c net.Conn, writeTimeout time.Duration) *BufConn {
+	b := &BufConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10), writeTimeout: max(writeTimeout, time.Second), done: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	go b.flusher()
 	return b
 }
 
-func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *BufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (c *bufConn) Write(p []byte) (int, error) {
+func (c *BufConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.err == nil && !c.closing && len(c.buf) > 0 && len(c.buf)+len(p) > maxPending {
@@ -64,10 +64,10 @@ func (c *bufConn) Write(p []byte) (int, error) {
 }
 
 // SetWriteDeadline and SetDeadline: the flusher sets its own per write.
-func (c *bufConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *bufConn) SetDeadline(t time.Time) error    { return c.Conn.SetReadDeadline(t) }
+func (c *BufConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *BufConn) SetDeadline(t time.Time) error    { return c.Conn.SetReadDeadline(t) }
 
-func (c *bufConn) flusher() {
+func (c *BufConn) flusher() {
 	defer close(c.done)
 	var out []byte
 	for {
@@ -98,7 +98,7 @@ func (c *bufConn) flusher() {
 }
 
 // Close writes what is buffered (bounded by the write timeout) and closes.
-func (c *bufConn) Close() error {
+func (c *BufConn) Close() error {
 	c.mu.Lock()
 	c.closing = true
 	c.cond.Broadcast()

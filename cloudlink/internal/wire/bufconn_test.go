@@ -1,4 +1,4 @@
-package cloudlink
+package wire
 
 import (
 	"bytes"
@@ -31,7 +31,7 @@ func TestBufConn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newBufConn(raw, 2*time.Second)
+	c := NewBufConn(raw, 2*time.Second)
 	var want bytes.Buffer
 	for i := range 5000 {
 		p := bytes.Repeat([]byte{byte(i)}, 1+i%300)
@@ -71,7 +71,7 @@ func TestBufConn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2 := newBufConn(raw2, time.Second)
+	c2 := NewBufConn(raw2, time.Second)
 	defer c2.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

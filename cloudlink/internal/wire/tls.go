@@ -1,4 +1,4 @@
-package cloudlink
+package wire
 
 import (
 	"crypto/tls"
@@ -8,10 +8,17 @@ import (
 	"os"
 )
 
-// tlsConfig verifies the server against CAFile (or the system roots) and
-// presents CertFile/KeyFile when set. addr is host:port; its host is the
-// expected server name unless ServerName is set.
-func tlsConfig(o TLSConfig, addr string) (*tls.Config, error) {
+// TLSFiles name a TLS client's trust and identity: the server is verified
+// against CAFile (or the system roots), CertFile/KeyFile are presented when
+// set, and ServerName overrides the name checked.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile, ServerName string
+	InsecureSkipVerify                    bool
+}
+
+// TLSConfig builds the client TLS config of o for addr (host:port), whose
+// host is the expected server name unless o.ServerName is set.
+func TLSConfig(o TLSFiles, addr string) (*tls.Config, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("cloudlink: %w", err)
