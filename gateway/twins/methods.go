@@ -58,7 +58,11 @@ func (m *Manager) Call(ctx context.Context, device string, c iothub.MethodCall) 
 		delete(m.calls.m, rid)
 		m.calls.mu.Unlock()
 	}()
-	if err := m.opt.Send(device, iothub.MethodRequestTopic(c.Name, rid), c.Payload); err != nil {
+	payload := c.Payload
+	if len(payload) == 0 {
+		payload = []byte("null") // the SDKs parse the body as JSON
+	}
+	if err := m.opt.Send(device, iothub.MethodRequestTopic(c.Name, rid), payload); err != nil {
 		return iothub.MethodResult{}, errorf(iothub.StatusNotFound, "device %s is not connected: %v", device, err)
 	}
 	timer := time.NewTimer(c.ResponseTimeout)
