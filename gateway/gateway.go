@@ -5,9 +5,10 @@
 //
 // Subpackages hold the parts that are the gateway's own: config (the YAML
 // contract), hub (the embedded MQTT broker), commands (the C2D command
-// ledger), msg (shared message types), service (systemd integration), demo
-// (the self-contained demo), and peertest (real third-party peers for
-// tests).
+// ledger), twins (the leaves' device twins and direct methods), iothub (IoT
+// Hub's device protocol as pure code), msg (shared message types), service
+// (systemd integration), demo (the self-contained demo), and peertest (real
+// third-party peers for tests).
 //
 // # Following a message
 //

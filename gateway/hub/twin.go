@@ -136,7 +136,7 @@ func twinErrorBody(status int, err error) []byte {
 }
 
 // twinSubscribed tells Twins of a connection that is subscribed to desired
-// updates; subs are the filters just granted, or nil to look at the
+// updates; granted are the filters just granted, or nil to look at the
 // session's subscriptions (a session resumed).
 func (h *Hub) twinSubscribed(cl *mqtt.Client, granted []string) {
 	if h.opt.Twins == nil || cl.Net.Inline {
@@ -151,6 +151,11 @@ func (h *Hub) twinSubscribed(cl *mqtt.Client, granted []string) {
 	}
 	if !found {
 		return
+	}
+	select {
+	case <-h.closing:
+		return
+	default:
 	}
 	h.writers.Add(1)
 	go func() {
