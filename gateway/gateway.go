@@ -5,9 +5,10 @@
 //
 // Subpackages hold the parts that are the gateway's own: config (the YAML
 // contract), hub (the embedded MQTT broker), commands (the C2D command
-// ledger), msg (shared message types), service (systemd integration), demo
-// (the self-contained demo), and peertest (real third-party peers for
-// tests).
+// ledger), twins (the leaves' device twins and direct methods), iothub (IoT
+// Hub's device protocol as pure code), msg (shared message types), service
+// (systemd integration), demo (the self-contained demo), and peertest (real
+// third-party peers for tests).
 //
 // # Following a message
 //
@@ -61,6 +62,7 @@ import (
 	"github.com/outpost-iot/outpost/gateway/config"
 	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/msg"
+	"github.com/outpost-iot/outpost/gateway/twins"
 	"github.com/outpost-iot/outpost/store"
 )
 
@@ -73,6 +75,7 @@ type Gateway struct {
 	hubPtr atomic.Pointer[hub.Hub] // nil while the hub cannot listen
 	link   cloudlink.Link
 	ledger *commands.Ledger
+	twins  *twins.Manager
 	http   *http.Server
 
 	httpAddr atomic.Value // string
@@ -130,6 +133,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// adapter data, reports 503 on /healthz, and retries the hub.
 	g.ledger = commands.New(commands.Options{Inbox: q, Targets: targets{g}, Leaves: targets{g},
 		TTL: g.cfg.Commands.TTL, Logger: g.log.With("part", "commands")})
+	if g.twins, err = g.newTwins(q); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
 	hubUp := g.startHub(q)
 	wg.Go(func() { g.superviseHub(ctx, q, hubUp) })
 
@@ -206,6 +212,9 @@ func (g *Gateway) hubOptions() hub.Options {
 		if cl.Operator {
 			opt.Commands = g.ledger.Accept
 		}
+	}
+	if g.twins != nil {
+		opt.Twins = g.twins
 	}
 	return opt
 }

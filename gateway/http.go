@@ -11,6 +11,7 @@ import (
 
 	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/commands"
+	"github.com/outpost-iot/outpost/gateway/twins"
 	"github.com/outpost-iot/outpost/gateway/ui"
 	"github.com/outpost-iot/outpost/store"
 )
@@ -28,6 +29,8 @@ type Status struct {
 	Link     *cloudlink.Status `json:"link,omitempty"`
 	Devices  []DeviceStatus    `json:"devices"`
 	Commands []commands.Status `json:"commands"`
+	// Twins are the versions of the leaves' device twins.
+	Twins []twins.Status `json:"twins,omitempty"`
 }
 
 // Status returns the current snapshot. It is safe to call at any time after
@@ -48,6 +51,7 @@ func (g *Gateway) Status() Status {
 	if g.ledger != nil {
 		s.Commands = g.ledger.Recent(0)
 	}
+	s.Twins = g.twinStatus()
 	s.Problems = g.problems()
 	s.Healthy = len(s.Problems) == 0
 	return s
@@ -94,6 +98,9 @@ func (g *Gateway) routes() http.Handler {
 	})
 	mux.Handle("GET /metrics", g.metricsHandler())
 	g.ledger.Register(mux)
+	if g.twins != nil {
+		g.twins.Register(mux)
+	}
 	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

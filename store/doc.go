@@ -28,6 +28,7 @@
 //	'c' id                     inbox command (JSON)
 //	'p' device 0x00 seq        inbox pending index: arrival order per device
 //	'f' finished-ns id         inbox finished index, for the retention sweep
+//	't' device                 device twin document (twin.go; its format is gateway/twins')
 //
 // Leased and parked are states kept in memory, not keys: a parked record
 // stays under its 'q' key, and Park, LeaseParked and Release only move its

@@ -87,6 +87,9 @@ func (h *Hub) allowed(cl *mqtt.Client, topic string, write bool) bool {
 	if !ok {
 		return false
 	}
+	if h.iothubAllowed(topic, write) {
+		return true
+	}
 	if write {
 		if c.Operator && h.opt.Commands != nil {
 			if _, _, err := msg.ParseDeviceboundTopic(topic); err == nil {

@@ -85,15 +85,21 @@ func (k *mochiHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.stats.connects.Add(1)
 	k.h.conns.Store(cl.Net.Conn, cl)
 	k.h.c2d.online(cl)
+	k.h.twinSubscribed(cl, nil)
 }
 
 func (k *mochiHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	var granted []string
 	for i, f := range pk.Filters {
-		if i < len(codes) && codes[i] < 0x80 && eventsOnlyFilter(f.Filter) {
-			k.h.observed.Store(true)
+		if i < len(codes) && codes[i] < 0x80 {
+			granted = append(granted, f.Filter)
+			if eventsOnlyFilter(f.Filter) {
+				k.h.observed.Store(true)
+			}
 		}
 	}
 	k.h.c2d.online(cl)
+	k.h.twinSubscribed(cl, granted)
 }
 
 func (k *mochiHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {

@@ -33,6 +33,12 @@
 //     is disconnected when the token expires;
 //   - a leaf publishes only to its own D2C topic and subscribes only to its
 //     own C2D topic (devices/{id}/messages/devicebound/#);
+//   - with Options.Twins, a leaf also publishes twin requests and method
+//     answers ($iothub/twin/GET, $iothub/twin/PATCH/properties/reported,
+//     $iothub/methods/res) and subscribes to $iothub/twin/res/#,
+//     $iothub/twin/PATCH/properties/desired/# and $iothub/methods/POST/#;
+//     they concern its own twin only, and what arrives on them is written
+//     to its connection alone (see twin.go);
 //   - a client configured with ReadAll may also subscribe to every D2C topic;
 //   - QoS 2 is refused (MQTT 5 CONNACK advertises maximum QoS 1; a QoS 2
 //     PUBLISH disconnects the client); retained publishes are not retained;
@@ -80,6 +86,11 @@ type Options struct {
 	// follows, in receive order like every PUBACK. An error refuses it like
 	// a D2C message the store refused. nil: operators cannot publish.
 	Commands msg.Intake
+
+	// Twins takes the device twin and direct method traffic of leaves on
+	// $iothub/ topics (see Twins). nil: leaves may neither publish nor
+	// subscribe to $iothub/ topics.
+	Twins Twins
 
 	Logger *slog.Logger
 }

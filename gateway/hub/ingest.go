@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,6 +88,9 @@ func (k *mochiHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		return pk, nil
 	}
 	h := k.h
+	if h.opt.Twins != nil && strings.HasPrefix(pk.TopicName, "$iothub/") {
+		return pk, h.iothubPublish(cl, pk)
+	}
 	h.stats.received.Add(1)
 	ci := h.ingestFor(cl)
 	select {

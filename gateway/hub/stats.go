@@ -27,6 +27,10 @@ type Stats struct {
 	C2DSent    uint64 // C2D PUBLISHes written (including resends)
 	C2DAcked   uint64 // C2D messages PUBACKed by the leaf
 	C2DExpired uint64 // C2D messages that expired undelivered
+
+	TwinRequests    uint64 // twin GETs and reported patches answered
+	TwinRefused     uint64 // of those, answered with a failure status
+	MethodUnmatched uint64 // method answers for no call of the leaf's
 }
 
 type counters struct {
@@ -34,6 +38,7 @@ type counters struct {
 	received, stored, refused, refusedFull                              atomic.Uint64
 	pending                                                             atomic.Int64
 	c2dQueued, c2dSent, c2dAcked, c2dExpired                            atomic.Uint64
+	twinRequests, twinRefused, methodUnmatched                          atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -55,6 +60,10 @@ func (h *Hub) Stats() Stats {
 		C2DSent:      c.c2dSent.Load(),
 		C2DAcked:     c.c2dAcked.Load(),
 		C2DExpired:   c.c2dExpired.Load(),
+
+		TwinRequests:    c.twinRequests.Load(),
+		TwinRefused:     c.twinRefused.Load(),
+		MethodUnmatched: c.methodUnmatched.Load(),
 	}
 	if srv := h.server(); srv != nil {
 		s.Connected = atomic.LoadInt64(&srv.Info.ClientsConnected)
@@ -90,5 +99,8 @@ func (h *Hub) Collectors() []prometheus.Collector {
 		counter("c2d_sent_total", "C2D PUBLISHes written to leaves, resends included.", func(s Stats) uint64 { return s.C2DSent }),
 		counter("c2d_acked_total", "C2D messages acknowledged by leaves.", func(s Stats) uint64 { return s.C2DAcked }),
 		counter("c2d_expired_total", "C2D messages that expired undelivered.", func(s Stats) uint64 { return s.C2DExpired }),
+		counter("twin_requests_total", "Twin GETs and reported patches of leaves answered.", func(s Stats) uint64 { return s.TwinRequests }),
+		counter("twin_refused_total", "Twin requests answered with a failure status.", func(s Stats) uint64 { return s.TwinRefused }),
+		counter("method_unmatched_total", "Direct method answers for no call of the leaf's.", func(s Stats) uint64 { return s.MethodUnmatched }),
 	}
 }

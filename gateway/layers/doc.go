@@ -9,7 +9,11 @@
 //     hands readings to an Emitter, nothing more;
 //   - gateway/msg imports only the standard library, so every part can
 //     import it;
-//   - the store imports no gateway package but gateway/msg.
+//   - the store imports no gateway package but gateway/msg;
+//   - gateway/twins imports no gateway package but gateway/msg and
+//     gateway/iothub, and neither the store, the cloud link nor an MQTT
+//     library: the hub, the store and a cloud link reach it through the
+//     small interfaces it declares.
 //
 // Imports are counted directly and transitively, and only those of non-test
 // files (what `go list -deps` reports without -test): a _test.go file may

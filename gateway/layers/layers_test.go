@@ -77,6 +77,16 @@ func TestImportRules(t *testing.T) {
 			},
 			why: "a gateway package other than gateway/msg",
 		},
+		{
+			from: "gateway/twins",
+			bad: func(p *pkg) bool {
+				return inModule(p, "gateway/...") && !inModule(p, "gateway/msg") && !inModule(p, "gateway/iothub") ||
+					inModule(p, "store/...") || inModule(p, "cloudlink/...") ||
+					strings.HasPrefix(p.ImportPath, "github.com/mochi-mqtt/") ||
+					strings.HasPrefix(p.ImportPath, "github.com/eclipse/paho")
+			},
+			why: "the twins reach the hub, the store and the cloud through their own small interfaces",
+		},
 	}
 
 	paths := slices.Sorted(maps.Keys(pkgs))

@@ -1,0 +1,53 @@
+package gateway
+
+import (
+	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/twins"
+	"github.com/outpost-iot/outpost/store"
+)
+
+// newTwins makes the twins of the hub's leaves, kept in q and reaching
+// the leaves through whichever hub is running.
+func (g *Gateway) newTwins(q *store.Queue) (*twins.Manager, error) {
+	return twins.New(twins.Options{
+		Store: q,
+		Known: g.twinDevice,
+		Send: func(device, topic string, payload []byte) error {
+			h := g.hub()
+			if h == nil {
+				return hub.ErrClosed
+			}
+			return h.SendLeaf(device, topic, payload)
+		},
+		Subscribed: func(device, filter string) bool {
+			h := g.hub()
+			return h != nil && h.Subscribed(device, filter)
+		},
+		Logger: g.log.With("part", "twins"),
+	})
+}
+
+// twinDevice reports whether id is a hub client that is a device (not an
+// observer or an operator): those have twins.
+func (g *Gateway) twinDevice(id string) bool {
+	for _, c := range g.cfg.Hub.Clients {
+		if c.ID == id {
+			return c.IsDevice()
+		}
+	}
+	return false
+}
+
+// twinStatus is the twins of the hub's devices for the status page.
+func (g *Gateway) twinStatus() []twins.Status {
+	if g.twins == nil {
+		return nil
+	}
+	var ids []string
+	for _, c := range g.cfg.Hub.Clients {
+		if c.IsDevice() {
+			ids = append(ids, c.ID)
+		}
+	}
+	return g.twins.Statuses(ids)
+}
