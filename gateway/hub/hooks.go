@@ -83,6 +83,7 @@ func (k *mochiHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 
 func (k *mochiHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.stats.connects.Add(1)
+	k.h.loggedIn(cl)
 	k.h.conns.Store(cl.Net.Conn, cl)
 	k.h.c2d.online(cl)
 }

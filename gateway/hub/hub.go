@@ -101,6 +101,7 @@ type Hub struct {
 	plain   *listener
 	tls     *listener
 	rate    *rate.Limiter // new connections
+	guard   *guard        // connection admission and pre-login limits
 	c2d     *c2d
 	sas     *sasLogins // SAS-token logins and their expiry
 	stats   counters
@@ -150,6 +151,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	guardDefaults(&opt)
 	if opt.Listen == "" && opt.TLSListen == "" {
 		return nil, errors.New("hub: neither listen nor tls_listen set")
 	}
@@ -162,6 +164,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 		log:     opt.Logger,
 		clients: make(map[string]*clientConf, len(opt.Clients)),
 		rate:    rate.NewLimiter(rate.Limit(opt.ConnectRate), opt.ConnectBurst),
+		guard:   newGuard(opt),
 		closing: make(chan struct{}),
 	}
 	var errs []error
