@@ -47,8 +47,9 @@ type Config struct {
 	ConnectBurst int     `yaml:"connect_burst"`
 	// ConnectRatePerAddress is the number of new connections accepted per
 	// second from one source address (an IPv4 address or an IPv6 /64),
-	// with a burst of half ConnectBurst, checked before ConnectRate: one
-	// host reconnecting in a loop spends its own bucket, not everyone's.
+	// with ConnectBurst's burst, checked before ConnectRate: one host
+	// reconnecting in a loop spends its own bucket, and leaves the rest of
+	// ConnectRate to the others.
 	// 0 (the default): half of ConnectRate.
 	ConnectRatePerAddress float64 `yaml:"connect_rate_per_address"`
 	// ConnectTimeout is how long a new connection may take to send its

@@ -95,7 +95,7 @@ func newGuard(opt Options) *guard {
 		maxConns:   int64(opt.MaxConnections),
 		maxConnect: int(opt.MaxConnectPacket),
 		perRate:    rate.Limit(per),
-		perBurst:   max(1, opt.ConnectBurst/2),
+		perBurst:   max(1, opt.ConnectBurst),
 		log:        opt.Logger,
 		addrs:      make(map[netip.Prefix]*rate.Limiter),
 		logged:     make(map[string]*refusalLog),
@@ -158,8 +158,9 @@ func sourceKey(a net.Addr) (netip.Prefix, bool) {
 
 // admit decides at accept whether conn may proceed: under the connection
 // cap and within its source address's bucket. An admitted connection must
-// be released when it ends.
-func (g *guard) admit(conn net.Conn) bool {
+// be released when it ends. A refusal by the address's bucket also counts
+// in limited (the hub's rate-limited counter).
+func (g *guard) admit(conn net.Conn, limited *atomic.Uint64) bool {
 	if g.open.Add(1) > g.maxConns {
 		g.open.Add(-1)
 		g.capped.Add(1)
@@ -192,6 +193,7 @@ func (g *guard) admit(conn net.Conn) bool {
 	if !allowed {
 		g.open.Add(-1)
 		g.addrLimited.Add(1)
+		limited.Add(1)
 		g.refused("connect_rate_per_address", "refusing connections from an address over hub.connect_rate_per_address", "source", key.String())
 		return false
 	}

@@ -173,7 +173,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
-		if !l.h.guard.admit(conn) {
+		if !l.h.guard.admit(conn, &l.h.stats.rateLimited) {
 			conn.Close()
 			continue
 		}
