@@ -13,6 +13,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/time/rate"
 
 	"github.com/outpost-iot/outpost/adapters"
@@ -448,4 +449,82 @@ func (h *Hub) loggedIn(cl *mqtt.Client) {
 	if c, ok := cl.Net.Conn.(*hubConn); ok && c.pre != nil {
 		c.pre.over.Store(true)
 	}
+}
+
+// Messages that can never be stored.
+var (
+	// ErrTopicTooLong is the refusal of a message whose upstream topic, its
+	// property bag re-encoded as forwarded, would exceed MQTT's 65,535
+	// bytes (less room for what the cloud link adds).
+	ErrTopicTooLong = errors.New("hub: upstream topic too long")
+	// errNotPublishable is the refusal of a QoS 1 PUBLISH that mochi drops
+	// without an answer: a $SYS/... topic, a wildcard, a bad shared name.
+	errNotPublishable = errors.New("hub: topic may not be published to")
+)
+
+const (
+	// maxUpstreamTopic is MQTT's limit on a topic's length.
+	maxUpstreamTopic = 65535
+	// upstreamTopicRoom is what the cloud link may add to a record's topic
+	// beyond Record.Topic: outpost-device with a 128-character id escaped,
+	// $.ce, and the gateway's own id in place of the device's.
+	upstreamTopicRoom = 1024
+)
+
+// checkUpstreamTopic refuses r when its topic, with the longest sequence
+// number the store can give it, would not fit upstream.
+func checkUpstreamTopic(r *msg.Record, raw string) error {
+	// Escaping at most triples a byte: a short raw topic always fits.
+	if 3*len(raw)+64 < maxUpstreamTopic-upstreamTopicRoom {
+		return nil
+	}
+	c := *r
+	c.Seq = math.MaxUint64
+	if n := len(c.Topic()); n > maxUpstreamTopic-upstreamTopicRoom {
+		return fmt.Errorf("%w: %d bytes as forwarded, %d allowed", ErrTopicTooLong, n, maxUpstreamTopic-upstreamTopicRoom)
+	}
+	return nil
+}
+
+// poisonError marks a refusal that depends only on the message itself, so
+// sending it again can never succeed.
+type poisonError struct{ err error }
+
+func (e poisonError) Error() string { return e.err.Error() }
+func (e poisonError) Unwrap() error { return e.err }
+
+func isPoison(err error) bool {
+	var p poisonError
+	return errors.As(err, &p)
+}
+
+// dropPoison counts and logs a never-storable message acknowledged to an
+// MQTT 3.1.1 client, which has no way to hear a refusal but a disconnect,
+// and resends after one for as long as its session lasts.
+func (h *Hub) dropPoison(client, topic string, err error) {
+	h.guard.dropped.Add(1)
+	if len(topic) > 200 {
+		topic = topic[:200] + "..."
+	}
+	h.guard.refused("poison", "acknowledged and dropped messages that can never be stored (MQTT 3.1.1 has no refusal)", "client", client, "topic", topic, "error", err)
+}
+
+// refuseUnpublishable answers a QoS 1 PUBLISH that mochi would drop
+// without a PUBACK, through cl's ingest queue so PUBACKs keep receive
+// order. A QoS 0 one has nothing to answer.
+func (h *Hub) refuseUnpublishable(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline || pk.FixedHeader.Qos != 1 || mqtt.IsValidFilter(pk.TopicName, true) {
+		return
+	}
+	ci := h.ingestFor(cl)
+	select {
+	case ci.slots <- struct{}{}:
+	case <-h.closing:
+		return
+	}
+	e := &entry{pid: pk.PacketID, qos: 1, topic: pk.TopicName}
+	ci.mu.Lock()
+	ci.q = append(ci.q, e)
+	ci.mu.Unlock()
+	ci.complete(e, poisonError{fmt.Errorf("%w: %q", errNotPublishable, pk.TopicName)})
 }

@@ -7,7 +7,13 @@
 // only after the Appender reports the record durable. When the append fails
 // an MQTT 3.1.1 leaf is disconnected without a PUBACK (so it sends again
 // after reconnecting) and an MQTT 5 leaf gets a PUBACK with a failure reason
-// code (0x97 quota exceeded when the store is full, 0x80 otherwise).
+// code (0x97 quota exceeded when the store is full, 0x80 otherwise). A
+// message that can never be stored (over MaxMessageBytes, a bad property
+// bag, an upstream topic over MQTT's 65,535 bytes once re-encoded, a topic
+// such as $SYS/... that no client may publish to) gets a failure reason
+// code on MQTT 5, and on MQTT 3.1.1 a PUBACK: it is dropped, counted in
+// Stats.Dropped and logged, since a disconnect would have a persistent
+// session send it again for ever.
 // Messages are fanned out to local subscribers only once stored.
 //
 // Throughput: mochi reads one client's packets in sequence, so the hub does
