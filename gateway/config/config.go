@@ -94,8 +94,15 @@ func (c Client) IsDevice() bool { return !c.ReadAll && !c.Operator || c.Azure !=
 
 // HTTP is the status, metrics and API endpoint.
 type HTTP struct {
-	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP.
+	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP. A
+	// listener that is not on a loopback address needs TokenFile.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the API's bearer token (one line, at least 16
+	// characters; read when HTTP starts). Every call that is not a GET or
+	// HEAD must send "Authorization: Bearer <token>"; without TokenFile
+	// such calls are refused. On a listener that is not on a loopback
+	// address every call needs it, except /healthz.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Commands configures the C2D command ledger.

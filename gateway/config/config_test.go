@@ -137,7 +137,7 @@ hub:
   max_connect_packet: 4KiB
   clients:
     - {id: l1, password_hash: "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS", priority: high, read_all: true, operator: true, azure: {shared_access_key: "a2V5"}}
-http: {listen: "[::1]:9999"}
+http: {listen: "[::1]:9999", token_file: /etc/outpost/http-token}
 store: {max_bytes: 1GB, when_full: reject, ttl: 0}
 cloud:
   protocol: azure-iothub
@@ -173,7 +173,7 @@ func TestEveryKey(t *testing.T) {
 			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
 			ConnectRatePerAddress: 1.5, ConnectTimeout: 3 * time.Second, MaxConnections: 50, MaxConnectPacket: 4 * msg.KiB},
 			Clients: []Client{{Client: hub.Client{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true}, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
-		HTTP:  HTTP{Listen: "[::1]:9999"},
+		HTTP:  HTTP{Listen: "[::1]:9999", TokenFile: "/etc/outpost/http-token"},
 		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
 		Cloud: cloudlink.Config{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
 			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: cloudlink.IdentityPerDevice,
