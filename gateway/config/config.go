@@ -15,7 +15,6 @@ package config
 
 import (
 	"fmt"
-	"os"
 	"reflect"
 	"time"
 
@@ -164,7 +163,7 @@ func (cl *Client) setDefaults() { cl.Priority = msg.Normal }
 
 // Load reads the file at path and parses it (see Parse).
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -172,9 +171,14 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes and validates one config file; file names it in errors.
+// A file over the limits (MaxFileBytes, MaxDepth, MaxExpandedNodes) is
+// refused before it is decoded.
 // On failure the error is an Errors holding every problem found, sorted by
 // position; the returned config is then nil.
 func Parse(file string, data []byte) (*Config, error) {
+	if err := checkLimits(file, data); err != nil {
+		return nil, err
+	}
 	c := &Config{File: file}
 	c.setDefaults()
 	d := newDecoder(file)
