@@ -268,7 +268,9 @@ func (s *connectScan) feed(b []byte) (write []byte, err error) {
 		b = b[take:]
 		if len(s.body) == s.need {
 			s.done = true
-			if err := checkConnect5(s.body); err != nil {
+			body := s.body
+			s.hdr, s.body = nil, nil // kept for the connection's life: drop the buffer
+			if err := checkConnect5(body); err != nil {
 				// CONNACK: no session present, 0x82 protocol error, no properties.
 				return []byte{0x20, 3, 0, 0x82, 0}, fmt.Errorf("%w: %v", errConnectProtocol, err)
 			}
