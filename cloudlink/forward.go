@@ -8,6 +8,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-iot/outpost/cloudlink/internal/dialect"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -114,8 +115,13 @@ func (f *forwarder) publish(ctx context.Context, r *msg.Record, src *source) err
 // publishOne sends one record as it is, or rejects it to dead letters when
 // it is over the upstream's cap.
 func (f *forwarder) publishOne(ctx context.Context, r *msg.Record, src *source) error {
+	reason := ""
 	if limit := f.s.opt.MaxMessageBytes; limit > 0 && r.Size() > limit {
-		reason := fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
+		reason = fmt.Sprintf("message is %d bytes, over the upstream cap of %d", r.Size(), limit)
+	} else if n := topicLen(f.s.d, r); n > maxTopic {
+		reason = fmt.Sprintf("topic is %d bytes, over MQTT's %d", n, maxTopic)
+	}
+	if reason != "" {
 		f.mu.Lock()
 		if f.closed {
 			// releaseAll already gave the record back; the next
@@ -144,6 +150,24 @@ func (f *forwarder) publishOne(ctx context.Context, r *msg.Record, src *source) 
 		p.bslots = 1
 	}
 	return f.publishRec(ctx, r, p)
+}
+
+// maxTopic is MQTT's limit on a topic's length; paho silently cuts a
+// longer one.
+const maxTopic = 65535
+
+// topicLen is the length of r's upstream topic, built only when its
+// properties could make it longer than maxTopic (escaping at most triples
+// a byte).
+func topicLen(d dialect.Dialect, r *msg.Record) int {
+	n := len(r.ID) + 2*len(r.Device) + 512
+	for _, p := range r.Props {
+		n += len(p.Key) + len(p.Value) + 2
+	}
+	if 3*n <= maxTopic {
+		return 0
+	}
+	return len(d.Topic(r))
 }
 
 // publishRec takes an in-flight slot and publishes rec, which stands for

@@ -77,6 +77,8 @@ type Gateway struct {
 	ledger *commands.Ledger
 	twins  *twins.Manager
 	http   *http.Server
+	// httpToken is http.token_file's token (nil: none), read by startHTTP.
+	httpToken []byte
 
 	httpAddr atomic.Value // string
 	ready    chan struct{}
@@ -386,8 +388,14 @@ func (g *Gateway) startHTTP(ctx context.Context, wg *sync.WaitGroup) error {
 	if err != nil {
 		return fmt.Errorf("gateway: http listen %s: %w", g.cfg.HTTP.Listen, err)
 	}
+	tok, err := readToken(g.cfg.HTTP.TokenFile)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	g.httpToken = tok
 	g.httpAddr.Store(l.Addr().String())
-	g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
+	g.http = newHTTPServer(g.routes())
 	wg.Go(func() {
 		if err := g.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.fail("http", err)

@@ -82,6 +82,7 @@ func (g *Gateway) problems() []string {
 	return ps
 }
 
+// routes is the HTTP API, every route behind httpGuard.
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -107,7 +108,7 @@ func (g *Gateway) routes() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(g.Status())
 	})
-	return mux
+	return httpGuard(mux, g.httpToken, g.cfg.HTTP.Listen)
 }
 
 // Alive reports whether the gateway's own machinery works, for the systemd

@@ -15,7 +15,6 @@ package config
 
 import (
 	"fmt"
-	"os"
 	"reflect"
 	"time"
 
@@ -94,8 +93,15 @@ func (c Client) IsDevice() bool { return !c.ReadAll && !c.Operator || c.Azure !=
 
 // HTTP is the status, metrics and API endpoint.
 type HTTP struct {
-	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP.
+	// Listen is host:port. Default 127.0.0.1:9180; "" disables HTTP. A
+	// listener that is not on a loopback address needs TokenFile.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the API's bearer token (one line, at least 16
+	// characters; read when HTTP starts). Every call that is not a GET or
+	// HEAD must send "Authorization: Bearer <token>"; without TokenFile
+	// such calls are refused. On a listener that is not on a loopback
+	// address every call needs it, except /healthz.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Commands configures the C2D command ledger.
@@ -157,7 +163,7 @@ func (cl *Client) setDefaults() { cl.Priority = msg.Normal }
 
 // Load reads the file at path and parses it (see Parse).
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -165,9 +171,14 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes and validates one config file; file names it in errors.
+// A file over the limits (MaxFileBytes, MaxDepth, MaxExpandedNodes) is
+// refused before it is decoded.
 // On failure the error is an Errors holding every problem found, sorted by
 // position; the returned config is then nil.
 func Parse(file string, data []byte) (*Config, error) {
+	if err := checkLimits(file, data); err != nil {
+		return nil, err
+	}
 	c := &Config{File: file}
 	c.setDefaults()
 	d := newDecoder(file)

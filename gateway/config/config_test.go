@@ -32,7 +32,8 @@ func TestDefault(t *testing.T) {
 	want := &Config{
 		Gateway: Gateway{DataDir: "/var/lib/outpost"},
 		Hub: Hub{Config: hub.Config{Listen: "127.0.0.1:1883", MaxMessageBytes: 262144, MaxInflight: 256,
-			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100}},
+			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100,
+			ConnectTimeout: 10 * time.Second, MaxConnections: 1000, MaxConnectPacket: 16 * msg.KiB}},
 		HTTP:     HTTP{Listen: "127.0.0.1:9180"},
 		Store:    store.Config{MaxBytes: 512 << 20, WhenFull: store.DropOldest, TTL: 168 * time.Hour},
 		Cloud:    cloudlink.Config{Protocol: cloudlink.ProtocolNone, MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway},
@@ -130,9 +131,13 @@ hub:
   session_expiry: 90m
   connect_rate: 2.5
   connect_burst: 7
+  connect_rate_per_address: 1.5
+  connect_timeout: 3s
+  max_connections: 50
+  max_connect_packet: 4KiB
   clients:
     - {id: l1, password_hash: "$2a$10$SFEetvJTni7.DP0arh0hTOdm.K/CH8LuZCoBNGAVLGzGG8KIT9WSS", priority: high, read_all: true, operator: true, azure: {shared_access_key: "a2V5"}}
-http: {listen: "[::1]:9999"}
+http: {listen: "[::1]:9999", token_file: /etc/outpost/http-token}
 store: {max_bytes: 1GB, when_full: reject, ttl: 0}
 cloud:
   protocol: azure-iothub
@@ -165,9 +170,10 @@ func TestEveryKey(t *testing.T) {
 		File:    "every.yaml",
 		Gateway: Gateway{ID: "gw-2", DataDir: "/data"},
 		Hub: Hub{Config: hub.Config{Listen: "", TLSListen: "0.0.0.0:8883", TLS: hub.TLSConfig{CertFile: "c.pem", KeyFile: "k.pem", ClientCAFile: "ca.pem"},
-			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7},
+			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
+			ConnectRatePerAddress: 1.5, ConnectTimeout: 3 * time.Second, MaxConnections: 50, MaxConnectPacket: 4 * msg.KiB},
 			Clients: []Client{{Client: hub.Client{ID: "l1", PasswordHash: hash, Priority: msg.High, ReadAll: true, Operator: true}, Azure: &DeviceAzure{SharedAccessKey: "a2V5"}}}},
-		HTTP:  HTTP{Listen: "[::1]:9999"},
+		HTTP:  HTTP{Listen: "[::1]:9999", TokenFile: "/etc/outpost/http-token"},
 		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
 		Cloud: cloudlink.Config{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
 			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: cloudlink.IdentityPerDevice,

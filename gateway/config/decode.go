@@ -120,6 +120,9 @@ func (d *decoder) parse(data []byte) ast.Node {
 		return nil
 	}
 	d.collectAnchors(root, 0)
+	if !d.checkExpansion(root) {
+		return nil
+	}
 	d.idx.build(d, "", nil, root, 0)
 	return root
 }

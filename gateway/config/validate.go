@@ -184,6 +184,9 @@ func (v *validator) http() {
 	if l == v.c.Hub.Listen || l == v.c.Hub.TLSListen {
 		v.errorf("http.listen", "http.listen: same address as the hub's listener")
 	}
+	if v.c.HTTP.TokenFile == "" && !IsLoopback(l) {
+		v.errorf("http.listen", "http.listen %s is not a loopback address: set http.token_file, or anyone who can reach it may command devices", l)
+	}
 }
 
 func (v *validator) store() {

@@ -132,8 +132,7 @@ func TestCommandToModbus(t *testing.T) {
 
 	// And so may the HTTP API; the same id twice is one command.
 	post := func() int {
-		resp, err := http.Post("http://"+g.http+"/api/devices/plc-1/commands?id=http-1&ttl=1m", "application/json",
-			strings.NewReader(`{"write":{"setpoint":24}}`))
+		resp, err := g.postJSON("/api/devices/plc-1/commands?id=http-1&ttl=1m", `{"write":{"setpoint":24}}`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +155,7 @@ func TestCommandToModbus(t *testing.T) {
 	if code, _ := get(t, "http://"+g.http+"/api/commands/nope"); code != 404 {
 		t.Errorf("GET unknown command = %d, want 404", code)
 	}
-	resp, err := http.Post("http://"+g.http+"/api/devices/ghost/commands", "application/json", strings.NewReader(`{}`))
+	resp, err := g.postJSON("/api/devices/ghost/commands", `{}`)
 	if err != nil || resp.StatusCode != 404 {
 		t.Errorf("POST to an unknown device = %v %v, want 404", resp.StatusCode, err)
 	}

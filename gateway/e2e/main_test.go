@@ -43,6 +43,30 @@ type gw struct {
 	proc    *peertest.Proc
 }
 
+// apiToken is every test gateway's HTTP bearer token.
+const apiToken = "e2e-token-0123456789abcdef"
+
+// tokenFile writes apiToken to a file in g's dir and returns its path.
+func (g *gw) tokenFile() string {
+	g.t.Helper()
+	p := filepath.Join(g.dir, "http-token")
+	if err := os.WriteFile(p, []byte(apiToken+"\n"), 0o600); err != nil {
+		g.t.Fatal(err)
+	}
+	return p
+}
+
+// postJSON POSTs a JSON body to the gateway's API with the bearer token.
+func (g *gw) postJSON(path, body string) (*http.Response, error) {
+	req, err := http.NewRequest("POST", "http://"+g.http+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	return http.DefaultClient.Do(req)
+}
+
 // newGateway writes a config for leaves and an upstream at cloudAddr.
 func newGateway(t *testing.T, cloudAddr string, leaves ...leaf) *gw {
 	return newGatewayWith(t, cloudAddr, "", leaves...)
@@ -70,11 +94,12 @@ hub:
   clients:
 %shttp:
   listen: %s
+  token_file: %s
 cloud:
   protocol: mqtt
   url: mqtt://%s
   client_id: gw-e2e
-%s`, filepath.Join(g.dir, "data"), g.hub, clients.String(), g.http, cloudAddr, extra)
+%s`, filepath.Join(g.dir, "data"), g.hub, clients.String(), g.http, g.tokenFile(), cloudAddr, extra)
 	g.cfgPath = filepath.Join(g.dir, "outpost.yaml")
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -112,6 +112,12 @@ func evils(id string) []evil {
 // connections at a time, each a random kind of bad traffic, at most rate
 // new connections per second in all (0 = as fast as it can). It returns
 // how many connections of each kind it made.
+// floodDialer dials from 127.0.0.2: the misbehaving client is another host
+// than the leaves and the probe (Linux routes all of 127/8 to lo), as on a
+// shared LAN, where the hub's per-address connect buckets keep it from
+// starving them.
+var floodDialer = net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: time.Second}
+
 func flood(ctx context.Context, addr, id string, seed uint64, workers int, rate float64) (sent map[string]int) {
 	var mu sync.Mutex
 	sent = map[string]int{}
@@ -129,7 +135,7 @@ func flood(ctx context.Context, addr, id string, seed uint64, workers int, rate 
 					}
 				}
 				k := kinds[r.IntN(len(kinds))]
-				c, err := net.DialTimeout("tcp", addr, time.Second)
+				c, err := floodDialer.Dial("tcp", addr)
 				if err != nil {
 					time.Sleep(10 * time.Millisecond)
 					continue
@@ -152,7 +158,8 @@ func flood(ctx context.Context, addr, id string, seed uint64, workers int, rate 
 // other leaves publish: the gateway does not crash, the others keep their
 // connections and their pace, a new device can still connect, and nothing
 // acknowledged is lost. The first half is a connection flood (most of it
-// meets the hub's connection rate limit); the second stays under that limit
+// meets the hub's connection rate limits); the second stays under the
+// per-address limit (10/s by default)
 // so that every bad packet reaches the hub's parser.
 func TestFaultFlood(t *testing.T) {
 	r := rng(t)
@@ -176,7 +183,7 @@ func TestFaultFlood(t *testing.T) {
 		for k, n := range flood(half, g.hubAddr, "evil-1", r.Uint64(), 4, 0) {
 			sent[k] += n
 		}
-		for k, n := range flood(ctx, g.hubAddr, "evil-1", r.Uint64(), 4, 12) {
+		for k, n := range flood(ctx, g.hubAddr, "evil-1", r.Uint64(), 4, 8) {
 			sent[k] += n
 		}
 	}()

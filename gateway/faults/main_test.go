@@ -67,6 +67,7 @@ type gwConfig struct {
 	dataDir string   // "" = a temp dir
 	store   string   // YAML lines under store:, each indented two spaces
 	hub     string   // YAML lines under hub:
+	http    string   // YAML lines under http: besides listen
 	leaves  []string // device ids, password password(id)
 }
 
@@ -101,7 +102,7 @@ func newGateway(t *testing.T, c gwConfig) *gw {
 		}
 		fmt.Fprintf(&b, "    - id: %s\n      password_hash: %q\n", id, h)
 	}
-	fmt.Fprintf(&b, "http:\n  listen: %s\n", g.httpAddr)
+	fmt.Fprintf(&b, "http:\n  listen: %s\n%s", g.httpAddr, c.http)
 	if c.store != "" {
 		fmt.Fprintf(&b, "store:\n%s", c.store)
 	}

@@ -45,6 +45,24 @@ type Config struct {
 	// a reconnect storm cannot starve the gateway; New takes 0 as 50/s.
 	ConnectRate  float64 `yaml:"connect_rate"`
 	ConnectBurst int     `yaml:"connect_burst"`
+	// ConnectRatePerAddress is the number of new connections accepted per
+	// second from one source address (an IPv4 address or an IPv6 /64),
+	// with ConnectBurst's burst, checked before ConnectRate: one host
+	// reconnecting in a loop spends its own bucket, and leaves the rest of
+	// ConnectRate to the others.
+	// 0 (the default): half of ConnectRate.
+	ConnectRatePerAddress float64 `yaml:"connect_rate_per_address"`
+	// ConnectTimeout is how long a new connection may take to send its
+	// CONNECT and log in (TLS handshake included); it is closed then.
+	// Default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// MaxConnections caps the open connections over all listeners,
+	// logged in or not; a connection beyond it is closed at accept.
+	// Default 1000.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectPacket caps the CONNECT packet: until the login succeeds
+	// nothing larger is read (the connection is closed). Default 16 KiB.
+	MaxConnectPacket msg.Size `yaml:"max_connect_packet"`
 	// Clients are the MQTT leaf devices and local observers allowed to
 	// connect. None can connect anonymously.
 	Clients []Client `yaml:"clients"`
@@ -100,6 +118,10 @@ const (
 	// fallbackConnectRate.
 	DefaultConnectRate  = 20
 	DefaultConnectBurst = 100
+
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultMaxConnections   = 1000
+	DefaultMaxConnectPacket = 16 * msg.KiB
 )
 
 // fallbackConnectRate is New's rate for a zero Config.ConnectRate
@@ -116,6 +138,10 @@ func DefaultConfig() Config {
 		SessionExpiry:   DefaultSessionExpiry,
 		ConnectRate:     DefaultConnectRate,
 		ConnectBurst:    DefaultConnectBurst,
+
+		ConnectTimeout:   DefaultConnectTimeout,
+		MaxConnections:   DefaultMaxConnections,
+		MaxConnectPacket: DefaultMaxConnectPacket,
 	}
 }
 
@@ -163,6 +189,7 @@ func (c Config) Validate() error {
 	if c.ConnectRate > 0 && c.ConnectBurst < 1 {
 		bad("connect_burst", "hub.connect_burst must be at least 1 when hub.connect_rate is set, got %d", c.ConnectBurst)
 	}
+	errs = append(errs, c.validateGuard()...)
 	for i, cl := range c.Clients {
 		p := fmt.Sprintf("clients[%d]", i)
 		switch {

@@ -60,7 +60,8 @@ func (k *mochiHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnPacketRead refuses QoS 2 before mochi would downgrade it (and answer a
-// QoS 2 sender with a PUBACK it does not expect), and sees every PUBACK a
+// QoS 2 sender with a PUBACK it does not expect), answers a QoS 1 PUBLISH
+// mochi would drop unanswered (refuseUnpublishable), and sees every PUBACK a
 // leaf sends: mochi's own bookkeeping of outbound packet ids can be wiped
 // by an inbound PUBLISH that reuses the id, so C2D completion is matched
 // here rather than in OnQosComplete.
@@ -77,12 +78,15 @@ func (k *mochiHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		return pk, errQoS2
 	case pk.FixedHeader.Type == packets.Puback:
 		k.h.c2d.puback(cl, pk.PacketID)
+	case pk.FixedHeader.Type == packets.Publish:
+		k.h.refuseUnpublishable(cl, pk)
 	}
 	return pk, nil
 }
 
 func (k *mochiHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	k.h.stats.connects.Add(1)
+	k.h.loggedIn(cl)
 	k.h.conns.Store(cl.Net.Conn, cl)
 	k.h.c2d.online(cl)
 	k.h.twinSubscribed(cl, nil)

@@ -7,7 +7,13 @@
 // only after the Appender reports the record durable. When the append fails
 // an MQTT 3.1.1 leaf is disconnected without a PUBACK (so it sends again
 // after reconnecting) and an MQTT 5 leaf gets a PUBACK with a failure reason
-// code (0x97 quota exceeded when the store is full, 0x80 otherwise).
+// code (0x97 quota exceeded when the store is full, 0x80 otherwise). A
+// message that can never be stored (over MaxMessageBytes, a bad property
+// bag, an upstream topic over MQTT's 65,535 bytes once re-encoded, a topic
+// such as $SYS/... that no client may publish to) gets a failure reason
+// code on MQTT 5, and on MQTT 3.1.1 a PUBACK: it is dropped, counted in
+// Stats.Dropped and logged, since a disconnect would have a persistent
+// session send it again for ever.
 // Messages are fanned out to local subscribers only once stored.
 //
 // Throughput: mochi reads one client's packets in sequence, so the hub does
@@ -112,6 +118,7 @@ type Hub struct {
 	plain   *listener
 	tls     *listener
 	rate    *rate.Limiter // new connections
+	guard   *guard        // connection admission and pre-login limits
 	c2d     *c2d
 	sas     *sasLogins // SAS-token logins and their expiry
 	stats   counters
@@ -161,6 +168,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	guardDefaults(&opt)
 	if opt.Listen == "" && opt.TLSListen == "" {
 		return nil, errors.New("hub: neither listen nor tls_listen set")
 	}
@@ -173,6 +181,7 @@ func New(opt Options, out Appender) (*Hub, error) {
 		log:     opt.Logger,
 		clients: make(map[string]*clientConf, len(opt.Clients)),
 		rate:    rate.NewLimiter(rate.Limit(opt.ConnectRate), opt.ConnectBurst),
+		guard:   newGuard(opt),
 		closing: make(chan struct{}),
 	}
 	var errs []error

@@ -60,6 +60,9 @@ func (h *Hub) record(cl *mqtt.Client, pk packets.Packet) (*msg.Record, error) {
 	if len(r.Props) == 0 {
 		r.Props = nil
 	}
+	if err := checkUpstreamTopic(r, pk.TopicName); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -70,6 +73,10 @@ func refusalCode(err error) packets.Code {
 		return packets.ErrQuotaExceeded
 	case errors.Is(err, ErrTooLarge):
 		return packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "message too large"}
+	case errors.Is(err, ErrTopicTooLong):
+		return packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "upstream topic too long"}
+	case errors.Is(err, errNotPublishable):
+		return packets.ErrTopicNameInvalid
 	case errors.Is(err, msg.ErrNotEvents):
 		return packets.ErrTopicNameInvalid
 	}
@@ -119,7 +126,7 @@ func (k *mochiHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	ci.q = append(ci.q, e)
 	ci.mu.Unlock()
 	if err != nil {
-		ci.complete(e, err)
+		ci.complete(e, poisonError{err})
 		return pk, errRejected
 	}
 	e.rec = r
@@ -262,10 +269,13 @@ func (ci *connIngest) killedNow() bool {
 	return ci.killed
 }
 
-// refuse answers a message that was not stored. It never sends a success
-// PUBACK: MQTT 5 QoS 1 gets a failure reason code; MQTT 3.1.1 has none, so
-// the client is disconnected (after the PUBACKs before it) and sends the
-// message again after reconnecting. A refused QoS 0 message is dropped.
+// refuse answers a message that was not stored. MQTT 5 QoS 1 gets a
+// failure reason code. MQTT 3.1.1 has none: a message that could be stored
+// later (a store error) disconnects the client (after the PUBACKs before
+// it), which sends it again after reconnecting; one that never can (too
+// large, a bad or too long topic: a poisonError) is acknowledged and
+// dropped, counted in Stats.Dropped and logged. A refused QoS 0 message is
+// dropped.
 func (ci *connIngest) refuse(e *entry, acks []byte, quiet bool) []byte {
 	h := ci.h
 	h.stats.refused.Add(1)
@@ -279,6 +289,10 @@ func (ci *connIngest) refuse(e *entry, acks []byte, quiet bool) []byte {
 	if ci.v5 {
 		code := refusalCode(e.err)
 		return append(acks, 0x40, 3, byte(e.pid>>8), byte(e.pid), code.Code)
+	}
+	if isPoison(e.err) {
+		h.dropPoison(ci.cl.ID, e.topic, e.err)
+		return append(acks, 0x40, 2, byte(e.pid>>8), byte(e.pid))
 	}
 	ci.write(acks)
 	ci.mu.Lock()

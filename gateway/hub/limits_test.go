@@ -125,7 +125,7 @@ func TestCollectors(t *testing.T) {
 			got[mf.GetName()] = m.GetGauge().GetValue()
 		}
 	}
-	if got["outpost_hub_stored_total"] != 1 || got["outpost_hub_connected_clients"] != 1 || len(got) != 19 {
+	if got["outpost_hub_stored_total"] != 1 || got["outpost_hub_connected_clients"] != 1 || len(got) != 24 {
 		t.Fatalf("metrics %v", got)
 	}
 }

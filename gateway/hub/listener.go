@@ -63,6 +63,7 @@ type hubConn struct {
 	net.Conn
 	once *sync.Once
 	done func()
+	pre  *preLogin // limits until the login succeeds
 
 	mu       sync.Mutex
 	deadline time.Time // the write deadline set last
@@ -80,7 +81,11 @@ func unwrapConn(c net.Conn) net.Conn {
 
 func (c *hubConn) Read(b []byte) (int, error) {
 	c.once.Do(c.done)
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if perr := c.pre.read(c.Conn, b[:n], err); perr != nil {
+		return 0, perr
+	}
+	return n, err
 }
 
 // Write writes under a deadline. The deadline is renewed only when less
@@ -109,7 +114,7 @@ func (c *hubConn) Write(b []byte) (int, error) {
 // SetDeadline sets only the read deadline. mochi calls it before every
 // packet it reads, with the keep-alive expiry (or none); passing that on as
 // a write deadline would replace the hub's own.
-func (c *hubConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+func (c *hubConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(c.pre.limit(t)) }
 
 // shutdown shortens the write deadline to shutdownWriteTimeout.
 func (c *hubConn) shutdown() {
@@ -168,7 +173,12 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
+		if !l.h.guard.admit(conn, &l.h.stats.rateLimited) {
+			conn.Close()
+			continue
+		}
 		if !l.h.rate.Allow() {
+			l.h.guard.release()
 			l.h.stats.rateLimited.Add(1)
 			conn.Close()
 			continue
@@ -179,6 +189,8 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 
 // serveConn runs one connection and turns a panic into a closed connection.
 func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
+	defer l.h.guard.release()
+	pre := l.h.guard.preLogin(time.Now())
 	defer func() {
 		if r := recover(); r != nil {
 			conn.Close()
@@ -190,7 +202,7 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 	}()
 	if l.tls != nil {
 		tc := tls.Server(conn, l.tls)
-		_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
+		_ = tc.SetDeadline(pre.limit(time.Now().Add(handshakeTimeout)))
 		if err := tc.Handshake(); err != nil {
 			l.h.stats.tlsFailures.Add(1)
 			l.log.Debug("hub: tls handshake failed", "remote", conn.RemoteAddr().String(), "error", err)
@@ -211,7 +223,8 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 	once := new(sync.Once)
 	defer once.Do(l.entering.Done)
 	// mochi keys the client by this conn (and so does afterPanic).
-	conn = &hubConn{Conn: conn, once: once, done: l.entering.Done}
+	_ = conn.SetReadDeadline(pre.deadline)
+	conn = &hubConn{Conn: conn, once: once, done: l.entering.Done, pre: pre}
 	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}

@@ -17,6 +17,12 @@ type Stats struct {
 	TLSFailures  uint64 // TLS handshakes that failed
 	Panics       uint64 // connections closed after a panic in packet handling
 
+	ConnLimited     uint64 // connections closed at accept: hub.max_connections open
+	AddrLimited     uint64 // of RateLimited, by their source address's bucket
+	ConnectTimeouts uint64 // connections closed for no login within hub.connect_timeout
+	ConnectRefused  uint64 // CONNECTs over hub.max_connect_packet or with a protocol error
+	Dropped         uint64 // of Refused, acknowledged to an MQTT 3.1.1 client and dropped (never storable)
+
 	Received    uint64 // leaf PUBLISHes to events topics (any QoS)
 	Stored      uint64 // of those, appended to the outbox
 	Refused     uint64 // not stored: store error, too large, bad topic, QoS 2
@@ -51,15 +57,21 @@ func (h *Hub) Stats() Stats {
 		RateLimited:  c.rateLimited.Load(),
 		TLSFailures:  c.tlsFailures.Load(),
 		Panics:       c.panics.Load(),
-		Received:     c.received.Load(),
-		Stored:       c.stored.Load(),
-		Refused:      c.refused.Load(),
-		RefusedFull:  c.refusedFull.Load(),
-		Pending:      c.pending.Load(),
-		C2DQueued:    c.c2dQueued.Load(),
-		C2DSent:      c.c2dSent.Load(),
-		C2DAcked:     c.c2dAcked.Load(),
-		C2DExpired:   c.c2dExpired.Load(),
+
+		ConnLimited:     h.guard.capped.Load(),
+		AddrLimited:     h.guard.addrLimited.Load(),
+		ConnectTimeouts: h.guard.timedOut.Load(),
+		ConnectRefused:  h.guard.tooLarge.Load() + h.guard.protoErrs.Load(),
+		Dropped:         h.guard.dropped.Load(),
+		Received:        c.received.Load(),
+		Stored:          c.stored.Load(),
+		Refused:         c.refused.Load(),
+		RefusedFull:     c.refusedFull.Load(),
+		Pending:         c.pending.Load(),
+		C2DQueued:       c.c2dQueued.Load(),
+		C2DSent:         c.c2dSent.Load(),
+		C2DAcked:        c.c2dAcked.Load(),
+		C2DExpired:      c.c2dExpired.Load(),
 
 		TwinRequests:    c.twinRequests.Load(),
 		TwinRefused:     c.twinRefused.Load(),
@@ -91,6 +103,11 @@ func (h *Hub) Collectors() []prometheus.Collector {
 		counter("rate_limited_total", "Connections closed by the connection rate limit.", func(s Stats) uint64 { return s.RateLimited }),
 		counter("tls_failures_total", "Failed TLS handshakes.", func(s Stats) uint64 { return s.TLSFailures }),
 		counter("panics_total", "Connections closed after a panic in packet handling.", func(s Stats) uint64 { return s.Panics }),
+		counter("conn_limited_total", "Connections closed at accept because hub.max_connections were open.", func(s Stats) uint64 { return s.ConnLimited }),
+		counter("addr_limited_total", "Connections closed at accept by their source address's connect bucket.", func(s Stats) uint64 { return s.AddrLimited }),
+		counter("connect_timeouts_total", "Connections closed for not logging in within hub.connect_timeout.", func(s Stats) uint64 { return s.ConnectTimeouts }),
+		counter("connect_refused_total", "CONNECTs refused for their size or a protocol error.", func(s Stats) uint64 { return s.ConnectRefused }),
+		counter("dropped_total", "Leaf messages that can never be stored, acknowledged to MQTT 3.1.1 clients and dropped.", func(s Stats) uint64 { return s.Dropped }),
 		counter("received_total", "Leaf PUBLISHes to D2C topics.", func(s Stats) uint64 { return s.Received }),
 		counter("stored_total", "Leaf messages appended to the outbox.", func(s Stats) uint64 { return s.Stored }),
 		counter("refused_total", "Leaf messages not stored (and not acknowledged).", func(s Stats) uint64 { return s.Refused }),
