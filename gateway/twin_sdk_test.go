@@ -63,6 +63,10 @@ func serverPKI(t *testing.T) (ca, crt, key string) {
 	return write("ca.crt", "CERTIFICATE", caDER), write("server.crt", "CERTIFICATE", der), write("server.key", "EC PRIVATE KEY", kder)
 }
 
+// twinAPIToken is the HTTP API's bearer token in the twin tests (every
+// mutating call needs one).
+const twinAPIToken = "twin-test-token-0123456789"
+
 // twinGW is a gateway with an SDK leaf az-1 on tls_listen and the HTTP API,
 // on fixed ports so that it can be restarted in place.
 type twinGW struct {
@@ -95,6 +99,10 @@ func (w *twinGW) start(t *testing.T, certFile string) {
 		cfg.Hub.TLS.CertFile = certFile
 	}
 	cfg.HTTP.Listen = w.httpAddr
+	cfg.HTTP.TokenFile = filepath.Join(w.dir, "api.token")
+	if err := os.WriteFile(cfg.HTTP.TokenFile, []byte(twinAPIToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg.Hub.Clients = []config.Client{{Client: hub.Client{ID: "az-1"}, Azure: &config.DeviceAzure{SharedAccessKey: twinLeafKey}}}
 	g := New(cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -148,6 +156,7 @@ func (w *twinGW) api(t *testing.T, method, path, body string) (int, map[string]a
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("Authorization", "Bearer "+twinAPIToken)
 	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
