@@ -234,15 +234,7 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 				if !ok {
 					continue
 				}
-				if _, ok := q.leased[seq]; ok {
-					*cursor = seq + 1
-					continue
-				}
-				if _, ok := q.pendingDel[seq]; ok {
-					*cursor = seq + 1
-					continue
-				}
-				if cs.isParked(seq) { // parked ahead of the cursor (it was leased by LeaseFrom)
+				if q.busyLocked(c, seq) { // parked ones are ahead of the cursor: LeaseFrom leased them
 					*cursor = seq + 1
 					continue
 				}
@@ -265,6 +257,20 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 		err = fmt.Errorf("store: lease: %w", err)
 	}
 	return out, drops, err
+}
+
+// busyLocked reports whether the record seq of class c is leased, awaiting
+// its deletion or parked: the scans of Lease, eviction and the TTL sweep
+// pass over such a record (eviction and the sweep take parked ones from the
+// parked list instead). q.mu must be held.
+func (q *Queue) busyLocked(c msg.Priority, seq uint64) bool {
+	if _, ok := q.leased[seq]; ok {
+		return true
+	}
+	if _, ok := q.pendingDel[seq]; ok {
+		return true
+	}
+	return q.cls[c].isParked(seq)
 }
 
 func itemRecord(item *badger.Item, seq uint64) (*msg.Record, error) {
