@@ -32,9 +32,12 @@ const (
 // cost is the whole process's use of disk writes, CPU and memory between
 // start and stop, reported as per-message metrics.
 type cost struct {
-	writes int64
-	cpu    time.Duration
-	start  time.Time
+	writes  int64
+	cpu     time.Duration
+	start   time.Time
+	stop    chan struct{}
+	anon    atomic.Int64 // peak RssAnon, kB, sampled every 10ms
+	sampled sync.WaitGroup
 }
 
 func startCost(b *testing.B) *cost {
@@ -42,16 +45,34 @@ func startCost(b *testing.B) *cost {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		b.Logf("cannot reset VmHWM: %v", err)
 	}
-	return &cost{writes: procWriteBytes(b), cpu: cpuTime(), start: time.Now()}
+	c := &cost{writes: procWriteBytes(b), cpu: cpuTime(), start: time.Now(), stop: make(chan struct{})}
+	c.sampled.Go(func() {
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if a := procStatusKB(b, "RssAnon"); a > c.anon.Load() {
+				c.anon.Store(a)
+			}
+			select {
+			case <-c.stop:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return c
 }
 
 func (c *cost) report(b *testing.B, msgs int) {
+	close(c.stop)
+	c.sampled.Wait()
 	writes := procWriteBytes(b) - c.writes
 	cpu := cpuTime() - c.cpu
 	el := time.Since(c.start)
 	b.ReportMetric(float64(writes)/float64(msgs*costPayload), "disk_bytes_per_payload_byte")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(msgs), "cpu_us_per_msg")
 	b.ReportMetric(float64(procStatusKB(b, "VmHWM"))/1024, "peak_rss_mib")
+	b.ReportMetric(float64(c.anon.Load())/1024, "peak_rss_anon_mib")
 	b.ReportMetric(float64(msgs)/el.Seconds(), "msg/s")
 	b.ReportMetric(0, "ns/op") // the figures above are per message; ns/op is per b.N unit
 }
@@ -107,7 +128,8 @@ func costStore(b *testing.B) *store.Queue {
 		}
 		b.Cleanup(func() { os.RemoveAll(dir) })
 	}
-	q, err := store.Open(dir, store.Options{})
+	opt := store.Options{}
+	q, err := store.Open(dir, opt)
 	if err != nil {
 		b.Fatal(err)
 	}

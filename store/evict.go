@@ -73,6 +73,7 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 			return false, err
 		}
 		q.m.uncount(r)
+		q.deleted(int64(r.size))
 		q.m.Dropped++
 		q.m.Gap.add(r.seq, true)
 	}

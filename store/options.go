@@ -71,14 +71,19 @@ type Options struct {
 	MaxDead int
 
 	// Badger knobs (0 = the low-memory default in parentheses).
-	MemTableSize     int64         // (2 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
+	MemTableSize     int64         // (4 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
 	ValueLogFileSize int64         // (16 MiB) small enough to mmap on 32-bit ARM
-	ValueThreshold   int64         // (32 KiB) larger payloads go to the value log
-	TableSize        int64         // (512 KiB) Badger's base table size; each table builder holds ~2x this
-	LevelSize        int64         // (4 MiB) Badger's base level size
+	ValueThreshold   int64         // (64 B) values this large go to the value log, written once; the tables hold keys and pointers
+	TableSize        int64         // (2 MiB) Badger's base table size; each table builder holds ~2x this
+	LevelSize        int64         // (16 MiB) Badger's base level size
 	BlockCacheSize   int64         // (0: none; blocks are read uncompressed from the mmap)
 	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
 	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
+
+	// TrimBytes: after this many bytes written to or read from the store,
+	// its mapped files are paged out of the process (see trim.go), which
+	// keeps a large backlog out of the RSS. 0 = 2 MiB; < 0 = never.
+	TrimBytes int64
 
 	// Verify checks every block's checksum in the background after open
 	// (see Stats.Damaged). It reads the whole store once: on a Pi with a
@@ -103,22 +108,25 @@ func (o *Options) fill() {
 		o.Now = time.Now
 	}
 	if o.MemTableSize <= 0 {
-		o.MemTableSize = 2 << 20
+		o.MemTableSize = 4 << 20
 	}
 	if o.ValueLogFileSize <= 0 {
 		o.ValueLogFileSize = 16 << 20
 	}
 	if o.TableSize <= 0 {
-		o.TableSize = 512 << 10
+		o.TableSize = 1 << 20
 	}
 	if o.LevelSize <= 0 {
-		o.LevelSize = 4 << 20
+		o.LevelSize = 16 << 20
 	}
 	if o.ValueThreshold <= 0 {
-		o.ValueThreshold = 32 << 10
+		o.ValueThreshold = 64
 	}
 	if o.MinFreeDisk == 0 {
 		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize + 16<<20
+	}
+	if o.TrimBytes == 0 {
+		o.TrimBytes = 2 << 20
 	}
 	if o.CommandRetention <= 0 {
 		o.CommandRetention = 24 * time.Hour
@@ -154,6 +162,7 @@ func (o *Options) badger(dir string, readOnly bool) badger.Options {
 		WithBlockCacheSize(o.BlockCacheSize).
 		WithIndexCacheSize(0).
 		WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true).
 		WithReadOnly(readOnly)
 	if o.BlockCacheSize > 0 {
 		bo = bo.WithCompression(options.Snappy)

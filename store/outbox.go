@@ -198,6 +198,13 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 		q.leased[r.seq] = r
 		out = append(out, rec)
 	}
+	defer func() {
+		var n int64
+		for _, r := range out {
+			n += int64(r.Size())
+		}
+		q.touched(n)
+	}()
 	err = q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && more(); c++ {
 			cs := &q.cls[c]

@@ -60,6 +60,15 @@ type Queue struct {
 	pub            meta          // last committed meta
 	damaged        string        // what verifyLoop found
 
+	// trimmer (see trim.go)
+	trimAsk      chan struct{} // cap 1; nil when trimming is off
+	trimDir      string        // dir, absolute, symlinks resolved
+	trimOff      atomic.Bool   // the kernel cannot page out
+	touchedBytes atomic.Int64  // written or read since the last trim
+
+	gcAsk     chan struct{} // cap 1: run value-log GC (see gcLoop)
+	deletedGC int64         // bytes deleted since the last gcAsk; writer goroutine
+
 	met *metrics.Set
 }
 
@@ -194,6 +203,7 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		pendingDel: make(map[uint64]msg.Priority),
 		avail:      make(chan struct{}),
 		progress:   make(chan struct{}),
+		gcAsk:      make(chan struct{}, 1),
 	}
 	q.met = metrics.New()
 	if err := q.loadMeta(); err != nil {
@@ -212,6 +222,15 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		q.bg.Add(2)
 		go q.writeLoop()
 		go q.gcLoop()
+		if opt.TrimBytes > 0 {
+			if abs, err := filepath.Abs(dir); err == nil {
+				if real, err := filepath.EvalSymlinks(abs); err == nil {
+					q.trimDir, q.trimAsk = real, make(chan struct{}, 1)
+					q.bg.Add(1)
+					go q.trimLoop()
+				}
+			}
+		}
 		if opt.Verify {
 			q.bg.Add(1)
 			go q.verifyLoop()
@@ -273,21 +292,33 @@ func (q *Queue) view(fn func(txn *badger.Txn) error) error {
 	return q.db.View(fn)
 }
 
-// gcLoop runs value-log GC and the inbox retention sweep every GCInterval.
+// gcLoop runs value-log GC and the inbox retention sweep every GCInterval,
+// and value-log GC alone whenever a value-log file's worth of records was
+// deleted (deleted): a FIFO's oldest value-log files then hold only deleted
+// records, and Badger's discard statistics (kept by compaction) pick them.
 func (q *Queue) gcLoop() {
 	defer q.bg.Done()
 	t := time.NewTicker(q.opt.GCInterval)
 	defer t.Stop()
 	for {
+		sweep := false
 		select {
 		case <-q.closing:
 			return
 		case <-t.C:
+			sweep = true
+		case <-q.gcAsk:
 		}
 		for q.db.RunValueLogGC(0.5) == nil {
 			if q.closed.Load() {
 				return
 			}
+			if q.trimAsk != nil {
+				q.trimMapped() // GC read a whole value-log file
+			}
+		}
+		if !sweep {
+			continue
 		}
 		if err := q.sweepCommands(context.Background(), q.opt.Now()); err != nil && !errors.Is(err, ErrClosed) {
 			q.log.Warn("store: command retention sweep failed", "error", err)

@@ -277,6 +277,7 @@ func (q *Queue) commit(ops []*op) error {
 	if err == nil {
 		err = b.txn.Commit()
 		q.lastCommit = time.Since(start)
+		q.touched(b.size)
 		q.expect = len(ops) + q.queued()
 		q.met.CommitSeconds.Observe(q.lastCommit.Seconds())
 		q.met.BatchOps.Observe(float64(len(ops)))
@@ -408,6 +409,7 @@ func (q *Queue) applyDelete(b *batch, o *op) error {
 			return err
 		}
 		q.m.uncount(r)
+		q.deleted(int64(r.size))
 		if o.kind == opAck {
 			q.m.Acks++
 		} else {
@@ -416,6 +418,19 @@ func (q *Queue) applyDelete(b *batch, o *op) error {
 		}
 	}
 	return nil
+}
+
+// deleted counts n bytes of records deleted and asks gcLoop for a value-log
+// GC once a value-log file's worth was.
+func (q *Queue) deleted(n int64) {
+	if q.deletedGC += n; q.deletedGC < q.opt.ValueLogFileSize {
+		return
+	}
+	q.deletedGC = 0
+	select {
+	case q.gcAsk <- struct{}{}:
+	default:
+	}
 }
 
 // uncount removes r from the depth and byte counters.
