@@ -45,6 +45,10 @@ var (
 	// ErrTooLarge is returned by Append for one call whose records cannot fit
 	// one transaction (see Options.MemTableSize). Final for those records.
 	ErrTooLarge = errors.New("store: append too large")
+	// ErrFailed is returned by every write after a commit failed (see
+	// Queue.Damaged): the store acknowledges nothing more until it is
+	// reopened.
+	ErrFailed = errors.New("store: failed after a write or sync error; reopen it")
 	// ErrReadOnly is returned by writing methods of a store opened with
 	// OpenReadOnly.
 	ErrReadOnly = errors.New("store: read-only")
@@ -98,6 +102,11 @@ type Options struct {
 	// SyncEach disables group commit: every Append gets its own transaction
 	// and sync, serialised. Only for the fsync-per-append benchmark baseline.
 	SyncEach bool
+
+	// commitHook, when set, is called after every successful Badger commit;
+	// an error it returns is taken as that commit's failure (tests inject
+	// a failed sync with it).
+	commitHook func() error
 }
 
 func (o *Options) fill() {

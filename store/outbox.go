@@ -306,7 +306,7 @@ func (q *Queue) Ack(seqs ...uint64) error {
 			return err
 		}
 		q.mu.Lock()
-		for len(q.pendingDel) > maxPendingDel && !q.closed.Load() {
+		for len(q.pendingDel) > maxPendingDel && !q.closed.Load() && q.failed == nil {
 			// Backpressure: the writer is behind (a Badger flush or
 			// compaction stall); wait for it instead of piling up.
 			progress := q.progress
@@ -317,7 +317,11 @@ func (q *Queue) Ack(seqs ...uint64) error {
 			}
 			q.mu.Lock()
 		}
+		failed := q.failed
 		q.mu.Unlock()
+		if failed != nil {
+			return fmt.Errorf("store: ack: %w", failed)
+		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("store: ack %v: %w", missing, ErrNotLeased)

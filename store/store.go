@@ -58,7 +58,8 @@ type Queue struct {
 	progress       chan struct{} // closed and replaced after every committed batch
 	avail          chan struct{} // closed and replaced when records may be leasable
 	pub            meta          // last committed meta
-	damaged        string        // what verifyLoop found
+	damaged        string        // what verifyLoop found, or the commit failure
+	failed         error         // set by fail: every write fails with it
 
 	// trimmer (see trim.go)
 	trimAsk      chan struct{} // cap 1; nil when trimming is off
@@ -76,8 +77,11 @@ type Queue struct {
 // or "".
 func (q *Queue) Quarantined() string { return q.quarantined }
 
-// Damaged is "" or why the background checksum pass (Options.Verify) found
-// damaged blocks after open. Unlike Stats it reads nothing from disk.
+// Damaged is "" or what is wrong with the open store: the background
+// checksum pass (Options.Verify) found damaged blocks, or a commit (a write
+// or a sync) failed, after which the store acknowledges nothing more (every
+// write fails with ErrFailed) until it is closed and opened again. Unlike
+// Stats it reads nothing from disk.
 func (q *Queue) Damaged() string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -269,7 +273,7 @@ func (q *Queue) Close() error {
 		q.dbmu.Lock() // no reader is in a Badger transaction from here on
 		q.closeErr = q.db.Close()
 		q.dbmu.Unlock()
-		if q.closeErr == nil && !q.readOnly {
+		if q.closeErr == nil && !q.readOnly && q.failure() == nil {
 			q.closeErr = damage.WriteClean(q.dir, q.m.NextSeq, q.m.CmdSeq)
 		}
 		if q.snapshot != "" {
@@ -294,7 +298,7 @@ func (q *Queue) view(fn func(txn *badger.Txn) error) error {
 
 // gcLoop runs value-log GC and the inbox retention sweep every GCInterval,
 // and value-log GC alone whenever a value-log file's worth of records was
-// deleted (deleted): a FIFO's oldest value-log files then hold only deleted
+// deleted (see Queue.deleted): a FIFO's oldest value-log files then hold only deleted
 // records, and Badger's discard statistics (kept by compaction) pick them.
 func (q *Queue) gcLoop() {
 	defer q.bg.Done()
