@@ -68,6 +68,7 @@ type Queue struct {
 	touchedBytes atomic.Int64  // written or read since the last trim
 
 	gcAsk     chan struct{} // cap 1: run value-log GC (see gcLoop)
+	gcmu      sync.Mutex    // held by the writer's commits and by value-log GC: Badger's GC reads the memtable's version unsynchronised
 	deletedGC int64         // bytes deleted since the last gcAsk; writer goroutine
 
 	met *metrics.Set
@@ -313,7 +314,7 @@ func (q *Queue) gcLoop() {
 			sweep = true
 		case <-q.gcAsk:
 		}
-		for q.db.RunValueLogGC(0.5) == nil {
+		for q.runGC() == nil {
 			if q.closed.Load() {
 				return
 			}
@@ -328,6 +329,16 @@ func (q *Queue) gcLoop() {
 			q.log.Warn("store: command retention sweep failed", "error", err)
 		}
 	}
+}
+
+// runGC runs one value-log GC round. Badger's GC, when it rewrites a
+// file's live entries, reads the memtable's max version without the lock
+// the memtable's writes take (a data race in Badger v4.9.6), so it never
+// runs during a commit.
+func (q *Queue) runGC() error {
+	q.gcmu.Lock()
+	defer q.gcmu.Unlock()
+	return q.db.RunValueLogGC(0.5)
 }
 
 type badgerLogger struct{ l *slog.Logger }

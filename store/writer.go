@@ -279,7 +279,9 @@ func (q *Queue) commit(ops []*op) error {
 	}
 	start := time.Now()
 	if err == nil {
+		q.gcmu.Lock()
 		err = b.txn.Commit()
+		q.gcmu.Unlock()
 		if err == nil && q.opt.commitHook != nil {
 			err = q.opt.commitHook()
 		}
