@@ -160,8 +160,8 @@ func (o *Options) badger(dir string, readOnly bool) badger.Options {
 		WithNumGoroutines(1).
 		WithMemTableSize(o.MemTableSize).
 		WithNumMemtables(2).
-		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
+		WithNumLevelZeroTables(6).
+		WithNumLevelZeroTablesStall(12).
 		WithBaseTableSize(o.TableSize).
 		WithBaseLevelSize(o.LevelSize).
 		WithNumCompactors(2).
