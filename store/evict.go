@@ -73,6 +73,7 @@ func (q *Queue) evict(b *batch, need int64) (bool, error) {
 			return false, err
 		}
 		q.m.uncount(r)
+		q.deleted(int64(r.size))
 		q.m.Dropped++
 		q.m.Gap.add(r.seq, true)
 	}
@@ -92,13 +93,7 @@ func (q *Queue) evictScan(b *batch, c msg.Priority, need int64, fits func() bool
 		if !ok {
 			continue
 		}
-		if _, ok := q.leased[seq]; ok {
-			continue
-		}
-		if _, ok := q.pendingDel[seq]; ok {
-			continue
-		}
-		if q.cls[c].isParked(seq) { // taken from the parked list, if at all
+		if q.busyLocked(c, seq) { // parked ones are taken from the parked list, if at all
 			continue
 		}
 		var size int
@@ -162,13 +157,7 @@ func (q *Queue) sweepExpired(now time.Time) bool {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: layout.ClassPrefix(c)})
 			for it.Seek(layout.OutboxKey(c, cs.cursor)); it.Valid() && len(drops) < limit; it.Next() {
 				_, seq, _ := layout.ParseOutboxKey(it.Item().Key())
-				if _, ok := q.leased[seq]; ok {
-					continue
-				}
-				if _, ok := q.pendingDel[seq]; ok {
-					continue
-				}
-				if cs.isParked(seq) { // the parked list's own sweep handles it
+				if q.busyLocked(c, seq) { // parked ones: the parked list's own sweep handles them
 					continue
 				}
 				var size int

@@ -45,6 +45,10 @@ var (
 	// ErrTooLarge is returned by Append for one call whose records cannot fit
 	// one transaction (see Options.MemTableSize). Final for those records.
 	ErrTooLarge = errors.New("store: append too large")
+	// ErrFailed is returned by every write after a commit failed (see
+	// Queue.Damaged): the store acknowledges nothing more until it is
+	// reopened.
+	ErrFailed = errors.New("store: failed after a write or sync error; reopen it")
 	// ErrReadOnly is returned by writing methods of a store opened with
 	// OpenReadOnly.
 	ErrReadOnly = errors.New("store: read-only")
@@ -71,14 +75,19 @@ type Options struct {
 	MaxDead int
 
 	// Badger knobs (0 = the low-memory default in parentheses).
-	MemTableSize     int64         // (2 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
+	MemTableSize     int64         // (4 MiB) also bounds one Append: ~7% of it (values in the value log count as pointers)
 	ValueLogFileSize int64         // (16 MiB) small enough to mmap on 32-bit ARM
-	ValueThreshold   int64         // (32 KiB) larger payloads go to the value log
-	TableSize        int64         // (512 KiB) Badger's base table size; each table builder holds ~2x this
-	LevelSize        int64         // (4 MiB) Badger's base level size
+	ValueThreshold   int64         // (64 B) values this large go to the value log, written once; the tables hold keys and pointers
+	TableSize        int64         // (2 MiB) Badger's base table size; each table builder holds ~2x this
+	LevelSize        int64         // (16 MiB) Badger's base level size
 	BlockCacheSize   int64         // (0: none; blocks are read uncompressed from the mmap)
 	GCInterval       time.Duration // (5m) value-log GC and finished-command cleanup
 	SweepInterval    time.Duration // (TTL/10 clamped to 1s..1m) TTL sweep
+
+	// TrimBytes: after this many bytes written to or read from the store,
+	// its mapped files are paged out of the process (see trim.go), which
+	// keeps a large backlog out of the RSS. 0 = 2 MiB; < 0 = never.
+	TrimBytes int64
 
 	// Verify checks every block's checksum in the background after open
 	// (see Stats.Damaged). It reads the whole store once: on a Pi with a
@@ -93,6 +102,11 @@ type Options struct {
 	// SyncEach disables group commit: every Append gets its own transaction
 	// and sync, serialised. Only for the fsync-per-append benchmark baseline.
 	SyncEach bool
+
+	// commitHook, when set, is called after every successful Badger commit;
+	// an error it returns is taken as that commit's failure (tests inject
+	// a failed sync with it).
+	commitHook func() error
 }
 
 func (o *Options) fill() {
@@ -103,22 +117,25 @@ func (o *Options) fill() {
 		o.Now = time.Now
 	}
 	if o.MemTableSize <= 0 {
-		o.MemTableSize = 2 << 20
+		o.MemTableSize = 4 << 20
 	}
 	if o.ValueLogFileSize <= 0 {
 		o.ValueLogFileSize = 16 << 20
 	}
 	if o.TableSize <= 0 {
-		o.TableSize = 512 << 10
+		o.TableSize = 1 << 20
 	}
 	if o.LevelSize <= 0 {
-		o.LevelSize = 4 << 20
+		o.LevelSize = 16 << 20
 	}
 	if o.ValueThreshold <= 0 {
-		o.ValueThreshold = 32 << 10
+		o.ValueThreshold = 64
 	}
 	if o.MinFreeDisk == 0 {
 		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize + 16<<20
+	}
+	if o.TrimBytes == 0 {
+		o.TrimBytes = 2 << 20
 	}
 	if o.CommandRetention <= 0 {
 		o.CommandRetention = 24 * time.Hour
@@ -143,8 +160,8 @@ func (o *Options) badger(dir string, readOnly bool) badger.Options {
 		WithNumGoroutines(1).
 		WithMemTableSize(o.MemTableSize).
 		WithNumMemtables(2).
-		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
+		WithNumLevelZeroTables(6).
+		WithNumLevelZeroTablesStall(12).
 		WithBaseTableSize(o.TableSize).
 		WithBaseLevelSize(o.LevelSize).
 		WithNumCompactors(2).
@@ -154,6 +171,7 @@ func (o *Options) badger(dir string, readOnly bool) badger.Options {
 		WithBlockCacheSize(o.BlockCacheSize).
 		WithIndexCacheSize(0).
 		WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true).
 		WithReadOnly(readOnly)
 	if o.BlockCacheSize > 0 {
 		bo = bo.WithCompression(options.Snappy)

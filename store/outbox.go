@@ -198,6 +198,13 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 		q.leased[r.seq] = r
 		out = append(out, rec)
 	}
+	defer func() {
+		var n int64
+		for _, r := range out {
+			n += int64(r.Size())
+		}
+		q.touched(n)
+	}()
 	err = q.view(func(txn *badger.Txn) error {
 		for c := msg.Priority(0); c < msg.NumPriorities && more(); c++ {
 			cs := &q.cls[c]
@@ -234,15 +241,7 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 				if !ok {
 					continue
 				}
-				if _, ok := q.leased[seq]; ok {
-					*cursor = seq + 1
-					continue
-				}
-				if _, ok := q.pendingDel[seq]; ok {
-					*cursor = seq + 1
-					continue
-				}
-				if cs.isParked(seq) { // parked ahead of the cursor (it was leased by LeaseFrom)
+				if q.busyLocked(c, seq) { // parked ones are ahead of the cursor: LeaseFrom leased them
 					*cursor = seq + 1
 					continue
 				}
@@ -265,6 +264,20 @@ func (q *Queue) leaseLocked(max int, now time.Time, live bool) (out []*msg.Recor
 		err = fmt.Errorf("store: lease: %w", err)
 	}
 	return out, drops, err
+}
+
+// busyLocked reports whether the record seq of class c is leased, awaiting
+// its deletion or parked: the scans of Lease, eviction and the TTL sweep
+// pass over such a record (eviction and the sweep take parked ones from the
+// parked list instead). q.mu must be held.
+func (q *Queue) busyLocked(c msg.Priority, seq uint64) bool {
+	if _, ok := q.leased[seq]; ok {
+		return true
+	}
+	if _, ok := q.pendingDel[seq]; ok {
+		return true
+	}
+	return q.cls[c].isParked(seq)
 }
 
 func itemRecord(item *badger.Item, seq uint64) (*msg.Record, error) {
@@ -293,7 +306,7 @@ func (q *Queue) Ack(seqs ...uint64) error {
 			return err
 		}
 		q.mu.Lock()
-		for len(q.pendingDel) > maxPendingDel && !q.closed.Load() {
+		for len(q.pendingDel) > maxPendingDel && !q.closed.Load() && q.failed == nil {
 			// Backpressure: the writer is behind (a Badger flush or
 			// compaction stall); wait for it instead of piling up.
 			progress := q.progress
@@ -304,7 +317,11 @@ func (q *Queue) Ack(seqs ...uint64) error {
 			}
 			q.mu.Lock()
 		}
+		failed := q.failed
 		q.mu.Unlock()
+		if failed != nil {
+			return fmt.Errorf("store: ack: %w", failed)
+		}
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("store: ack %v: %w", missing, ErrNotLeased)

@@ -49,6 +49,15 @@ type Stats struct {
 	Damaged string `json:"damaged,omitempty"`
 }
 
+// Depth is the number of records in the outbox, leased and parked ones
+// included (Stats.Depth), from memory: unlike Stats it reads nothing from
+// disk, so a forwarder can call it on every link change.
+func (q *Queue) Depth() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return int(q.pub.depth())
+}
+
 // Stats returns a snapshot. It reads the head of each class from disk to find
 // the oldest record.
 func (q *Queue) Stats() Stats {

@@ -58,7 +58,18 @@ type Queue struct {
 	progress       chan struct{} // closed and replaced after every committed batch
 	avail          chan struct{} // closed and replaced when records may be leasable
 	pub            meta          // last committed meta
-	damaged        string        // what verifyLoop found
+	damaged        string        // what verifyLoop found, or the commit failure
+	failed         error         // set by fail: every write fails with it
+
+	// trimmer (see trim.go)
+	trimAsk      chan struct{} // cap 1; nil when trimming is off
+	trimDir      string        // dir, absolute, symlinks resolved
+	trimOff      atomic.Bool   // the kernel cannot page out
+	touchedBytes atomic.Int64  // written or read since the last trim
+
+	gcAsk     chan struct{} // cap 1: run value-log GC (see gcLoop)
+	gcmu      sync.Mutex    // held by the writer's commits and by value-log GC: Badger's GC reads the memtable's version unsynchronised
+	deletedGC int64         // bytes deleted since the last gcAsk; writer goroutine
 
 	met *metrics.Set
 }
@@ -67,8 +78,11 @@ type Queue struct {
 // or "".
 func (q *Queue) Quarantined() string { return q.quarantined }
 
-// Damaged is "" or why the background checksum pass (Options.Verify) found
-// damaged blocks after open. Unlike Stats it reads nothing from disk.
+// Damaged is "" or what is wrong with the open store: the background
+// checksum pass (Options.Verify) found damaged blocks, or a commit (a write
+// or a sync) failed, after which the store acknowledges nothing more (every
+// write fails with ErrFailed) until it is closed and opened again. Unlike
+// Stats it reads nothing from disk.
 func (q *Queue) Damaged() string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -194,6 +208,7 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		pendingDel: make(map[uint64]msg.Priority),
 		avail:      make(chan struct{}),
 		progress:   make(chan struct{}),
+		gcAsk:      make(chan struct{}, 1),
 	}
 	q.met = metrics.New()
 	if err := q.loadMeta(); err != nil {
@@ -212,6 +227,15 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		q.bg.Add(2)
 		go q.writeLoop()
 		go q.gcLoop()
+		if opt.TrimBytes > 0 {
+			if abs, err := filepath.Abs(dir); err == nil {
+				if real, err := filepath.EvalSymlinks(abs); err == nil {
+					q.trimDir, q.trimAsk = real, make(chan struct{}, 1)
+					q.bg.Add(1)
+					go q.trimLoop()
+				}
+			}
+		}
 		if opt.Verify {
 			q.bg.Add(1)
 			go q.verifyLoop()
@@ -250,7 +274,7 @@ func (q *Queue) Close() error {
 		q.dbmu.Lock() // no reader is in a Badger transaction from here on
 		q.closeErr = q.db.Close()
 		q.dbmu.Unlock()
-		if q.closeErr == nil && !q.readOnly {
+		if q.closeErr == nil && !q.readOnly && q.failure() == nil {
 			q.closeErr = damage.WriteClean(q.dir, q.m.NextSeq, q.m.CmdSeq)
 		}
 		if q.snapshot != "" {
@@ -273,26 +297,48 @@ func (q *Queue) view(fn func(txn *badger.Txn) error) error {
 	return q.db.View(fn)
 }
 
-// gcLoop runs value-log GC and the inbox retention sweep every GCInterval.
+// gcLoop runs value-log GC and the inbox retention sweep every GCInterval,
+// and value-log GC alone whenever a value-log file's worth of records was
+// deleted (see Queue.deleted): a FIFO's oldest value-log files then hold only deleted
+// records, and Badger's discard statistics (kept by compaction) pick them.
 func (q *Queue) gcLoop() {
 	defer q.bg.Done()
 	t := time.NewTicker(q.opt.GCInterval)
 	defer t.Stop()
 	for {
+		sweep := false
 		select {
 		case <-q.closing:
 			return
 		case <-t.C:
+			sweep = true
+		case <-q.gcAsk:
 		}
-		for q.db.RunValueLogGC(0.5) == nil {
+		for q.runGC() == nil {
 			if q.closed.Load() {
 				return
 			}
+			if q.trimAsk != nil {
+				q.trimMapped() // GC read a whole value-log file
+			}
+		}
+		if !sweep {
+			continue
 		}
 		if err := q.sweepCommands(context.Background(), q.opt.Now()); err != nil && !errors.Is(err, ErrClosed) {
 			q.log.Warn("store: command retention sweep failed", "error", err)
 		}
 	}
+}
+
+// runGC runs one value-log GC round. Badger's GC, when it rewrites a
+// file's live entries, reads the memtable's max version without the lock
+// the memtable's writes take (a data race in Badger v4.9.6), so it never
+// runs during a commit.
+func (q *Queue) runGC() error {
+	q.gcmu.Lock()
+	defer q.gcmu.Unlock()
+	return q.db.RunValueLogGC(0.5)
 }
 
 type badgerLogger struct{ l *slog.Logger }

@@ -242,6 +242,10 @@ func (q *Queue) queued() int {
 // commit applies ops in one transaction and reports the batch's fate to
 // every op. It returns the batch error, if any.
 func (q *Queue) commit(ops []*op) error {
+	if err := q.failure(); err != nil {
+		q.finish(ops, &batch{}, err, q.m)
+		return nil // fail fast: no backoff, nothing is retried
+	}
 	saved := q.m
 	b := &batch{txn: q.db.NewTransaction(true), now: q.opt.Now(), firstSeq: q.m.NextSeq, threshold: q.opt.ValueThreshold}
 	defer b.txn.Discard()
@@ -275,8 +279,17 @@ func (q *Queue) commit(ops []*op) error {
 	}
 	start := time.Now()
 	if err == nil {
+		q.gcmu.Lock()
 		err = b.txn.Commit()
+		q.gcmu.Unlock()
+		if err == nil && q.opt.commitHook != nil {
+			err = q.opt.commitHook()
+		}
+		if err != nil {
+			q.fail(err)
+		}
 		q.lastCommit = time.Since(start)
+		q.touched(b.size)
 		q.expect = len(ops) + q.queued()
 		q.met.CommitSeconds.Observe(q.lastCommit.Seconds())
 		q.met.BatchOps.Observe(float64(len(ops)))
@@ -324,7 +337,7 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 			}
 		}
 		for _, o := range ops {
-			if (o.kind == opAck || o.kind == opDrop) && !q.closed.Load() {
+			if (o.kind == opAck || o.kind == opDrop) && !q.closed.Load() && q.failed == nil {
 				retry = append(retry, o) // still in pendingDel
 			}
 		}
@@ -350,6 +363,31 @@ func (q *Queue) finish(ops []*op, b *batch, err error, saved meta) {
 			o.done(e)
 		}
 	}
+}
+
+// fail puts the store in the failed state after a commit (a write or a
+// sync) failed. Badger may have applied the batch in memory and written part
+// of it, so nothing it says from now on is trusted as durable: every later
+// write fails with ErrFailed (nothing more is acknowledged), Damaged reports
+// it, and Close writes no clean-close mark. Reopening reads what is really
+// on disk.
+func (q *Queue) fail(err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.failed != nil {
+		return
+	}
+	q.failed = fmt.Errorf("%w: %v", ErrFailed, err)
+	q.damaged = "a commit failed; nothing is acknowledged until the store is reopened: " + err.Error()
+	q.met.Damaged.Set(1)
+	q.log.Error("store: commit failed; the store stops acknowledging until it is reopened", "error", err)
+}
+
+// failure is the failed state's error, or nil.
+func (q *Queue) failure() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.failed
 }
 
 func (q *Queue) applyAppend(b *batch, o *op) error {
@@ -408,6 +446,7 @@ func (q *Queue) applyDelete(b *batch, o *op) error {
 			return err
 		}
 		q.m.uncount(r)
+		q.deleted(int64(r.size))
 		if o.kind == opAck {
 			q.m.Acks++
 		} else {
@@ -416,6 +455,19 @@ func (q *Queue) applyDelete(b *batch, o *op) error {
 		}
 	}
 	return nil
+}
+
+// deleted counts n bytes of records deleted and asks gcLoop for a value-log
+// GC once a value-log file's worth was.
+func (q *Queue) deleted(n int64) {
+	if q.deletedGC += n; q.deletedGC < q.opt.ValueLogFileSize {
+		return
+	}
+	q.deletedGC = 0
+	select {
+	case q.gcAsk <- struct{}{}:
+	default:
+	}
 }
 
 // uncount removes r from the depth and byte counters.
