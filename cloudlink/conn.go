@@ -10,7 +10,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-iot/outpost/cloudlink/internal/wire"
-	"github.com/outpost-iot/outpost/store"
 )
 
 // result is how one connection ended.
@@ -179,13 +178,11 @@ func (s *Session) connected(downSince time.Time) {
 	s.log.Info("upstream link recovered", "down_for", now.Sub(downSince).Round(time.Millisecond), "held", held)
 }
 
-// depth is the outbox depth when the queue can tell, else 0.
+// depth is the outbox depth when the queue can tell (*store.Queue's
+// Depth), else 0.
 func (s *Session) depth() int {
-	switch q := s.q.(type) {
-	case interface{ Len() int }:
-		return q.Len()
-	case interface{ Stats() store.Stats }:
-		return int(q.Stats().Depth)
+	if q, ok := s.q.(interface{ Depth() int }); ok {
+		return q.Depth()
 	}
 	return 0
 }

@@ -219,6 +219,9 @@ func (q *memQueue) Reject(seq uint64, reason string) error {
 }
 
 // Len is the number of records not yet acked or rejected.
+// Depth is the queue's depth, as *store.Queue reports it.
+func (q *memQueue) Depth() int { return q.Len() }
+
 func (q *memQueue) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -152,7 +152,9 @@ func TestConnectRatePerAddress(t *testing.T) {
 		})
 	}
 	defer func() { close(stop); wg.Wait() }()
-	time.Sleep(500 * time.Millisecond) // the attacker has drained what it can
+	// The attacker has drained its own bucket (however slow this machine
+	// is today) before the other host logs in.
+	waitFor(t, "the attacker's bucket to refuse it", func() bool { return h.guard.addrLimited.Load() > 0 })
 	failed := 0
 	const logins = 10
 	for range logins {
@@ -163,9 +165,6 @@ func TestConnectRatePerAddress(t *testing.T) {
 	}
 	if failed > 0 {
 		t.Errorf("%d of %d logins from 127.0.0.3 failed while 127.0.0.2 made %d connection attempts", failed, logins, attacks.Load())
-	}
-	if h.guard.addrLimited.Load() == 0 {
-		t.Errorf("no connection of the attacker was refused by its own bucket")
 	}
 }
 
