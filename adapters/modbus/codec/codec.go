@@ -227,6 +227,9 @@ func (f *Field) Encode(v any) ([]uint16, error) {
 			return nil, fmt.Errorf("%w: %s: %v", ErrBadValue, f.Name, err)
 		}
 		x = (x - f.Offset) / f.Scale
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, fmt.Errorf("%w: %s: %v is not a finite number", ErrBadValue, f.Name, v)
+		}
 		if f.Type == Float32 {
 			if math.Abs(x) > math.MaxFloat32 {
 				return nil, fmt.Errorf("%w: %s: %v out of float32 range", ErrBadValue, f.Name, v)
