@@ -218,7 +218,7 @@ func (f *Field) Encode(v any) ([]uint16, error) {
 		}
 		b := make([]byte, 2*f.Words)
 		copy(b, s)
-		return Order{byteSwap: f.Order.byteSwap}.words(b), nil
+		return f.Order.words(b), nil
 	}
 	b := make([]byte, 2*f.Words)
 	if f.Type == Float32 || f.Type == Float64 {
