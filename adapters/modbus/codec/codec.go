@@ -231,7 +231,7 @@ func (f *Field) Encode(v any) ([]uint16, error) {
 			return nil, fmt.Errorf("%w: %s: %v is not a finite number", ErrBadValue, f.Name, v)
 		}
 		if f.Type == Float32 {
-			if math.Abs(x) > math.MaxFloat32 {
+			if math.IsInf(float64(float32(x)), 0) { // beyond rounding to ±MaxFloat32
 				return nil, fmt.Errorf("%w: %s: %v out of float32 range", ErrBadValue, f.Name, v)
 			}
 			binary.BigEndian.PutUint32(b, math.Float32bits(float32(x)))
