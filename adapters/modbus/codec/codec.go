@@ -191,7 +191,11 @@ func (f *Field) Decode(w []uint16) (any, error) {
 	if f.Scale == 1 && f.Offset == 0 {
 		return exact, nil
 	}
-	return f.applyScale(v), nil
+	s := f.applyScale(v)
+	if math.IsInf(s, 0) {
+		return nil, fmt.Errorf("modbus: %s: value %v scaled is %v, not a number", f.Name, v, s)
+	}
+	return s, nil
 }
 
 // applyScale maps raw to raw*scale+offset, rounded to 15 significant
