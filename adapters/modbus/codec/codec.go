@@ -200,8 +200,13 @@ func (f *Field) Decode(w []uint16) (any, error) {
 
 // applyScale maps raw to raw*scale+offset, rounded to 15 significant
 // digits so that 2153 at scale 0.1 reads 215.3, not 215.30000000000001.
+// A value that rounding would carry past MaxFloat64 is kept unrounded.
 func (f *Field) applyScale(raw float64) float64 {
-	v, _ := strconv.ParseFloat(strconv.FormatFloat(raw*f.Scale+f.Offset, 'g', 15, 64), 64)
+	x := raw*f.Scale + f.Offset
+	v, err := strconv.ParseFloat(strconv.FormatFloat(x, 'g', 15, 64), 64)
+	if err != nil {
+		return x
+	}
 	return v
 }
 
