@@ -108,3 +108,28 @@ func mergeFanOut(n int) string {
 	}
 	return b.String()
 }
+
+// Aliases that expand without end (the "billion laughs" document: nine
+// lists of nine, eleven deep) are indexed up to maxIndexed paths and no
+// further. It is a test rather than a seed because each try indexes
+// maxIndexed paths: its mutants would slow the fuzzer to a crawl.
+func TestAliasBomb(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("gateway: {id: g}\nhub:\n  clients: *a11\n")
+	b.WriteString("a0: &a0 [x, x, x, x, x, x, x, x, x]\n")
+	for i := 1; i < 12; i++ {
+		p := fmt.Sprintf("*a%d", i-1)
+		fmt.Fprintf(&b, "a%d: &a%d [%s]\n", i, i, strings.Repeat(p+", ", 8)+p)
+	}
+	d := newDecoder("f.yaml")
+	if d.parse([]byte(b.String())) == nil || len(d.errs) > 0 {
+		t.Fatalf("parse: %v", d.errs)
+	}
+	if n := len(d.idx.m); n > maxIndexed {
+		t.Fatalf("%d paths indexed, max %d", n, maxIndexed)
+	}
+	var es Errors
+	if _, err := Parse("f.yaml", []byte(b.String())); !errors.As(err, &es) || !strings.Contains(err.Error(), "hub.clients[0]: want a mapping, got a list") {
+		t.Fatalf("err = %v", err)
+	}
+}
