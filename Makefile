@@ -15,7 +15,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/outpost ./cmd/outpost
 
 ## check: install missing test peers (as root), then vet, every test with -race,
-## and a bounded fuzz of the hub with raw packets
+## and a bounded run of every fuzz target with its exec rate
 check: peers vet test fuzz-short
 
 peers:
@@ -32,18 +32,17 @@ test:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## fuzz-short: the bounded fuzz run inside `make check`
+## fuzz-short: every fuzz target for FUZZSHORT (11s) each, inside `make check`,
+## with a table of exec rates (.ci/fuzz)
+FUZZSHORT ?= 11s
 fuzz-short:
-	$(GO) test -run '^$$' -fuzz '^FuzzHubPackets$$' -fuzztime 15s ./gateway/hub/
+	@GO=$(GO) bash .ci/fuzz $(FUZZSHORT)
 
-## fuzz: longer fuzzing than the bounded runs inside `make check`
+## fuzz: every fuzz target for FUZZTIME (2m) each, going on from what earlier
+## runs found (Go's fuzz cache) and minimizing what it finds
 FUZZTIME ?= 2m
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
-	  done; \
-	done
+	@GO=$(GO) FUZZCACHE=keep FUZZMINIMIZETIME=$${FUZZMINIMIZETIME:-60s} bash .ci/fuzz $(FUZZTIME)
 
 ## soak: the long fault-injection runs
 soak:

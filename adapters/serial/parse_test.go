@@ -83,17 +83,3 @@ func nmeaSentence(body string) string {
 	const hex = "0123456789ABCDEF"
 	return "$" + body + "*" + string(hex[sum>>4]) + string(hex[sum&15])
 }
-
-// FuzzParsers checks that no frame makes a parser panic.
-func FuzzParsers(f *testing.F) {
-	for _, s := range []string{"T=1 H=2", `{"a":{"b":[1]}}`, "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47", "$*", "$GPRMC,1,A,9999.9,N,1,E,,,010180,*00"} {
-		f.Add([]byte(s))
-	}
-	ps := []Parse{{Regex: `(?P<a>\d+)`}, {KV: true}, {JSON: true}, {NMEA: true}, {Raw: "base64"}, {}}
-	f.Fuzz(func(t *testing.T, frame []byte) {
-		for _, pc := range ps {
-			p, _ := newParser(pc)
-			_, _ = p(frame)
-		}
-	})
-}

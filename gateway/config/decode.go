@@ -33,11 +33,28 @@ type decoder struct {
 	anchors map[string]ast.Node
 	failed  map[string]bool // paths whose value could not be decoded
 	budget  int             // nodes left to decode (bounds alias expansion)
+
+	// merging holds the mappings whose merge keys are being expanded, and
+	// merged each merge source's entries once expanded, so that a source
+	// merged many times (or by many mappings) is expanded only once.
+	merging map[*ast.MappingNode]bool
+	merged  map[*ast.MappingNode]mergeSource
+	quiet   *decoder // see quietDecoder
+}
+
+// mergeSource is a merged mapping's entries, and whether expanding them
+// reported a problem.
+type mergeSource struct {
+	entries []*ast.MappingValueNode
+	bad     bool
 }
 
 // maxNodes bounds the number of values one file may decode to, so that
 // nested aliases cannot blow up (the "billion laughs" document).
 const maxNodes = 1 << 20
+
+// maxMergeDepth bounds how deep merge sources may merge others.
+const maxMergeDepth = 20
 
 // nodeDecoder is implemented by types that decode their own node (Device).
 type nodeDecoder interface {
@@ -191,14 +208,24 @@ func (d *decoder) resolve(path string, n ast.Node) ast.Node {
 
 // entries lists a mapping's key/value pairs with merge keys (<<: *base)
 // expanded; keys written in the mapping itself override merged ones.
+//
+// Each merge source is expanded once per decoder; a source that merges a
+// mapping being expanded (itself, directly or through others) is an error.
 func (d *decoder) entries(path string, m *ast.MappingNode, depth int) []*ast.MappingValueNode {
+	if d.merging == nil {
+		d.merging = map[*ast.MappingNode]bool{}
+		d.merged = map[*ast.MappingNode]mergeSource{}
+	}
+	d.merging[m] = true
+	defer delete(d.merging, m)
 	var merged, own []*ast.MappingValueNode
 	for _, mv := range m.Values {
 		if _, ok := mv.Key.(*ast.MergeKeyNode); !ok {
 			own = append(own, mv)
 			continue
 		}
-		if depth > 20 {
+		if depth > maxMergeDepth {
+			d.errorf(posOf(mv.Value), path, "merge keys nest more than %d deep", maxMergeDepth)
 			continue
 		}
 		v := d.resolve(path, mv.Value)
@@ -214,7 +241,20 @@ func (d *decoder) entries(path string, m *ast.MappingNode, depth int) []*ast.Map
 				d.errorf(posOf(mv.Value), path, "merge key << wants a mapping or a list of mappings")
 				continue
 			}
-			merged = append(merged, d.entries(path, sm, depth+1)...)
+			if d.merging[sm] {
+				d.errorf(posOf(src), path, "merge key << refers back to the mapping that holds it")
+				continue
+			}
+			ms, done := d.merged[sm]
+			if !done {
+				errs := len(d.errs)
+				ms = mergeSource{entries: d.entries(path, sm, depth+1)}
+				ms.bad = len(d.errs) > errs
+				d.merged[sm] = ms
+			} else if ms.bad {
+				d.failed[path] = true
+			}
+			merged = append(merged, ms.entries...)
 		}
 	}
 	if len(merged) == 0 {

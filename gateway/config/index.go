@@ -38,8 +38,7 @@ func (x *index) build(d *decoder, path string, key ast.Node, n ast.Node, depth i
 	}
 	switch v := v.(type) {
 	case *ast.MappingNode:
-		quiet := &decoder{anchors: d.anchors, failed: map[string]bool{}}
-		for _, mv := range quiet.entries(path, v, 0) {
+		for _, mv := range d.quietDecoder().entries(path, v, 0) {
 			x.build(d, join(path, keyString(mv.Key)), mv.Key, mv.Value, depth+1)
 		}
 	case *ast.SequenceNode:
@@ -55,8 +54,17 @@ func (x *index) build(d *decoder, path string, key ast.Node, n ast.Node, depth i
 
 // resolveQuiet is resolve without reporting.
 func (d *decoder) resolveQuiet(n ast.Node) ast.Node {
-	quiet := &decoder{anchors: d.anchors, failed: map[string]bool{}}
-	return quiet.resolve("", n)
+	return d.quietDecoder().resolve("", n)
+}
+
+// quietDecoder returns a decoder that shares d's anchors and keeps its
+// problems to itself (the index reports nothing). It is made once per d,
+// so merge sources are expanded once for the whole index.
+func (d *decoder) quietDecoder() *decoder {
+	if d.quiet == nil {
+		d.quiet = &decoder{anchors: d.anchors, failed: map[string]bool{}}
+	}
+	return d.quiet
 }
 
 // lookup returns the position of path's value (or, with key, of its key).

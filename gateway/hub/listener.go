@@ -228,6 +228,30 @@ func (l *listener) serveConn(conn net.Conn, establish listeners.EstablishFn) {
 	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("hub: connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
+	l.h.afterEnd(conn)
+}
+
+// afterEnd tidies up after a connection that failed between login and the
+// end of its CONNACK (the client went away at once): mochi v2.7.9 then
+// returns without OnDisconnect, leaving a clean-session client registered
+// and its SAS expiry timer running until the token expires.
+func (h *Hub) afterEnd(conn net.Conn) {
+	srv := h.srv.Load()
+	if srv == nil {
+		return
+	}
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Conn != conn || !cl.Closed() {
+			continue
+		}
+		h.sas.forget(cl)
+		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+			(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+		if cur, ok := srv.Clients.Get(cl.ID); ok && cur == cl && expire && !cl.IsTakenOver() {
+			srv.UnsubscribeClient(cl)
+			srv.Clients.Delete(cl.ID)
+		}
+	}
 }
 
 // Close stops accepting, then disconnects this listener's clients.

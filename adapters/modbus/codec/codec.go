@@ -191,13 +191,22 @@ func (f *Field) Decode(w []uint16) (any, error) {
 	if f.Scale == 1 && f.Offset == 0 {
 		return exact, nil
 	}
-	return f.applyScale(v), nil
+	s := f.applyScale(v)
+	if math.IsInf(s, 0) {
+		return nil, fmt.Errorf("modbus: %s: value %v scaled is %v, not a number", f.Name, v, s)
+	}
+	return s, nil
 }
 
 // applyScale maps raw to raw*scale+offset, rounded to 15 significant
 // digits so that 2153 at scale 0.1 reads 215.3, not 215.30000000000001.
+// A value that rounding would carry past MaxFloat64 is kept unrounded.
 func (f *Field) applyScale(raw float64) float64 {
-	v, _ := strconv.ParseFloat(strconv.FormatFloat(raw*f.Scale+f.Offset, 'g', 15, 64), 64)
+	x := raw*f.Scale + f.Offset
+	v, err := strconv.ParseFloat(strconv.FormatFloat(x, 'g', 15, 64), 64)
+	if err != nil {
+		return x
+	}
 	return v
 }
 
@@ -218,7 +227,7 @@ func (f *Field) Encode(v any) ([]uint16, error) {
 		}
 		b := make([]byte, 2*f.Words)
 		copy(b, s)
-		return Order{byteSwap: f.Order.byteSwap}.words(b), nil
+		return f.Order.words(b), nil
 	}
 	b := make([]byte, 2*f.Words)
 	if f.Type == Float32 || f.Type == Float64 {
@@ -227,8 +236,11 @@ func (f *Field) Encode(v any) ([]uint16, error) {
 			return nil, fmt.Errorf("%w: %s: %v", ErrBadValue, f.Name, err)
 		}
 		x = (x - f.Offset) / f.Scale
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, fmt.Errorf("%w: %s: %v is not a finite number", ErrBadValue, f.Name, v)
+		}
 		if f.Type == Float32 {
-			if math.Abs(x) > math.MaxFloat32 {
+			if math.IsInf(float64(float32(x)), 0) { // beyond rounding to ±MaxFloat32
 				return nil, fmt.Errorf("%w: %s: %v out of float32 range", ErrBadValue, f.Name, v)
 			}
 			binary.BigEndian.PutUint32(b, math.Float32bits(float32(x)))
