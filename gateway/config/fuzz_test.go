@@ -82,15 +82,19 @@ func TestMergeCycle(t *testing.T) {
 }
 
 // A source merged many times, by mappings merged many times, is expanded
-// once: 20 devices each merging the one before three times would be 3^19
-// expansions otherwise.
+// once per decoder. A document whose merges would expand past
+// MaxExpandedNodes if each were expanded afresh (20 devices each merging
+// the one before three times: 3^19) is refused at once, before decoding.
 func TestMergeFanOut(t *testing.T) {
-	src := mergeFanOut(20)
+	if _, err := Parse("f.yaml", []byte(mergeFanOut(20))); err == nil || !strings.Contains(err.Error(), "expand to more than") {
+		t.Fatalf("20-deep fan-out: err = %v", err)
+	}
+	src := mergeFanOut(11)
 	c, err := Parse("f.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Devices) != 20 {
+	if len(c.Devices) != 11 {
 		t.Fatalf("%d devices", len(c.Devices))
 	}
 	for i, d := range c.Devices {
@@ -110,26 +114,35 @@ func mergeFanOut(n int) string {
 }
 
 // Aliases that expand without end (the "billion laughs" document: nine
-// lists of nine, eleven deep) are indexed up to maxIndexed paths and no
-// further. It is a test rather than a seed because each try indexes
-// maxIndexed paths: its mutants would slow the fuzzer to a crawl.
+// lists of nine, eleven deep) are refused before they are decoded, and
+// the index, should it ever see them, stops at maxIndexed paths. It is a
+// test rather than a seed because each try indexes maxIndexed paths: its
+// mutants would slow the fuzzer to a crawl.
 func TestAliasBomb(t *testing.T) {
-	var b strings.Builder
-	b.WriteString("gateway: {id: g}\nhub:\n  clients: *a11\n")
-	b.WriteString("a0: &a0 [x, x, x, x, x, x, x, x, x]\n")
-	for i := 1; i < 12; i++ {
-		p := fmt.Sprintf("*a%d", i-1)
-		fmt.Fprintf(&b, "a%d: &a%d [%s]\n", i, i, strings.Repeat(p+", ", 8)+p)
+	laughs := func(levels int) []byte {
+		var b strings.Builder
+		fmt.Fprintf(&b, "gateway: {id: g}\nhub:\n  clients: *a%d\n", levels)
+		b.WriteString("a0: &a0 [x, x, x, x, x, x, x, x, x]\n")
+		for i := 1; i <= levels; i++ {
+			p := fmt.Sprintf("*a%d", i-1)
+			fmt.Fprintf(&b, "a%d: &a%d [%s]\n", i, i, strings.Repeat(p+", ", 8)+p)
+		}
+		return []byte(b.String())
 	}
+	if _, err := Parse("f.yaml", laughs(11)); err == nil || !strings.Contains(err.Error(), "expand to more than") {
+		t.Fatalf("eleven deep: err = %v", err)
+	}
+	// Five deep stays under MaxExpandedNodes but has more paths than the
+	// index keeps.
 	d := newDecoder("f.yaml")
-	if d.parse([]byte(b.String())) == nil || len(d.errs) > 0 {
+	if d.parse(laughs(4)) == nil || len(d.errs) > 0 {
 		t.Fatalf("parse: %v", d.errs)
 	}
-	if n := len(d.idx.m); n > maxIndexed {
-		t.Fatalf("%d paths indexed, max %d", n, maxIndexed)
+	if n := len(d.idx.m); n != maxIndexed {
+		t.Fatalf("%d paths indexed, want the bound %d", n, maxIndexed)
 	}
 	var es Errors
-	if _, err := Parse("f.yaml", []byte(b.String())); !errors.As(err, &es) || !strings.Contains(err.Error(), "hub.clients[0]: want a mapping, got a list") {
+	if _, err := Parse("f.yaml", laughs(4)); !errors.As(err, &es) || !strings.Contains(err.Error(), "hub.clients[0]: want a mapping, got a list") {
 		t.Fatalf("err = %v", err)
 	}
 }
