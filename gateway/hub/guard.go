@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -204,204 +205,22 @@ func (g *guard) admit(conn net.Conn, limited *atomic.Uint64) bool {
 // release ends an admitted connection.
 func (g *guard) release() { g.open.Add(-1) }
 
-// errConnectTimeout, errConnectTooLarge and errConnectProtocol end a
-// connection that has not logged in.
-var (
-	errConnectTimeout  = errors.New("hub: no login within hub.connect_timeout")
-	errConnectTooLarge = errors.New("hub: CONNECT larger than hub.max_connect_packet")
-	errConnectProtocol = errors.New("hub: CONNECT with a protocol error")
-)
-
-// connectScan follows the bytes read from a connection until its first
-// packet is complete. It refuses a CONNECT announcing more than max bytes
-// before they are read, and, in an MQTT 5 CONNECT, a property other than
-// a user property that appears twice (a protocol error mochi accepts).
-// A first packet that is not a CONNECT is left to mochi, which refuses it.
-type connectScan struct {
-	max  int
-	hdr  []byte // fixed header bytes so far
-	need int    // remaining length, once the header is complete (-1 before)
-	body []byte
-	done bool
-}
-
-func newConnectScan(max int) *connectScan { return &connectScan{max: max, need: -1} }
-
-// feed takes the next bytes read. It returns a non-nil error when the
-// connection must be closed; write, when not nil, is the CONNACK to send
-// first.
-func (s *connectScan) feed(b []byte) (write []byte, err error) {
-	for len(b) > 0 && !s.done {
-		if s.need < 0 {
-			s.hdr = append(s.hdr, b[0])
-			b = b[1:]
-			if len(s.hdr) == 1 {
-				if s.hdr[0] != 0x10 {
-					s.done = true
-				}
-				continue
-			}
-			c := s.hdr[len(s.hdr)-1]
-			if c&0x80 != 0 {
-				if len(s.hdr) == 5 {
-					s.done = true // malformed length: mochi refuses it
-				}
-				continue
-			}
-			n, mul := 0, 1
-			for _, d := range s.hdr[1:] {
-				n += int(d&0x7f) * mul
-				mul *= 128
-			}
-			if n > s.max {
-				s.done = true
-				return nil, fmt.Errorf("%w: %d bytes announced, %d allowed", errConnectTooLarge, n, s.max)
-			}
-			s.need = n
-			if n == 0 {
-				s.done = true
-			}
-			continue
-		}
-		take := min(len(b), s.need-len(s.body))
-		s.body = append(s.body, b[:take]...)
-		b = b[take:]
-		if len(s.body) == s.need {
-			s.done = true
-			body := s.body
-			s.hdr, s.body = nil, nil // kept for the connection's life: drop the buffer
-			if err := checkConnect5(body); err != nil {
-				// CONNACK: no session present, 0x82 protocol error, no properties.
-				return []byte{0x20, 3, 0, 0x82, 0}, fmt.Errorf("%w: %v", errConnectProtocol, err)
-			}
-		}
-	}
-	return nil, nil
-}
-
-// checkConnect5 checks an MQTT 5 CONNECT's body (after the fixed header)
-// for properties given twice, in the CONNECT's and the will's properties.
-// A body it cannot follow is left to mochi's decoder.
-func checkConnect5(b []byte) error {
-	r := wire{b: b}
-	name := r.str()
-	level := r.byte()
-	if r.bad || string(name) != "MQTT" || level != 5 {
-		return nil
-	}
-	flags := r.byte()
-	r.skip(2) // keep alive
-	if err := r.props("CONNECT"); err != nil {
-		return err
-	}
-	r.str() // client id
-	if flags&0x04 != 0 {
-		return r.props("will")
-	}
-	return nil
-}
-
-// wire reads MQTT's encodings from b; bad is set once b runs out.
-type wire struct {
-	b   []byte
-	bad bool
-}
-
-func (r *wire) skip(n int) []byte {
-	if r.bad || n < 0 || n > len(r.b) {
-		r.bad = true
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *wire) byte() byte {
-	if b := r.skip(1); b != nil {
-		return b[0]
-	}
-	return 0
-}
-
-func (r *wire) uint16() int {
-	if b := r.skip(2); b != nil {
-		return int(b[0])<<8 | int(b[1])
-	}
-	return 0
-}
-
-func (r *wire) str() []byte { return r.skip(r.uint16()) }
-
-func (r *wire) varint() int {
-	n, mul := 0, 1
-	for i := 0; i < 4; i++ {
-		c := r.byte()
-		n += int(c&0x7f) * mul
-		if c&0x80 == 0 {
-			return n
-		}
-		mul *= 128
-	}
-	r.bad = true
-	return 0
-}
-
-// propSize is the encoded size of an MQTT 5 property's value by its id: >0
-// a fixed size, -1 a string or binary, -2 a string pair, -3 a varint.
-var propSize = map[int]int{
-	0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -3, 0x11: 4, 0x12: -1, 0x13: 2,
-	0x15: -1, 0x16: -1, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: -1, 0x1C: -1, 0x1F: -1, 0x21: 2,
-	0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
-}
-
-// props reads a property list and reports a property given twice (user
-// properties, 0x26, may repeat).
-func (r *wire) props(what string) error {
-	n := r.varint()
-	list := wire{b: r.skip(n)}
-	if r.bad {
-		return nil
-	}
-	var seen [0x80]bool
-	for len(list.b) > 0 && !list.bad {
-		id := list.varint()
-		size, ok := propSize[id]
-		if !ok {
-			return nil // unknown: mochi decides
-		}
-		if id != 0x26 {
-			if seen[id] {
-				return fmt.Errorf("%s property %#02x given twice", what, id)
-			}
-			seen[id] = true
-		}
-		switch size {
-		case -1:
-			list.str()
-		case -2:
-			list.str()
-			list.str()
-		case -3:
-			list.varint()
-		default:
-			list.skip(size)
-		}
-	}
-	return nil
-}
+// errConnectTimeout ends a connection that has not logged in in time;
+// mqttwire.ErrConnectTooLarge and ErrConnectProtocol, one whose CONNECT
+// is refused.
+var errConnectTimeout = errors.New("hub: no login within hub.connect_timeout")
 
 // preLogin is a connection's state until its login succeeds: the deadline
 // for it and the scan of its CONNECT.
 type preLogin struct {
 	g        *guard
 	deadline time.Time
-	scan     *connectScan
+	scan     *mqttwire.ConnectScan
 	over     atomic.Bool // logged in: nothing here applies any more
 }
 
 func (g *guard) preLogin(accepted time.Time) *preLogin {
-	return &preLogin{g: g, deadline: accepted.Add(g.timeout), scan: newConnectScan(g.maxConnect)}
+	return &preLogin{g: g, deadline: accepted.Add(g.timeout), scan: mqttwire.NewConnectScan(g.maxConnect)}
 }
 
 // active reports whether the connection has not logged in yet.
@@ -421,14 +240,14 @@ func (p *preLogin) read(conn net.Conn, b []byte, rerr error) error {
 	if !p.active() {
 		return nil
 	}
-	if len(b) > 0 && !p.scan.done {
-		write, err := p.scan.feed(b)
+	if len(b) > 0 && !p.scan.Done() {
+		write, err := p.scan.Feed(b)
 		if err != nil {
 			if write != nil {
 				_ = conn.SetWriteDeadline(time.Now().Add(shutdownWriteTimeout))
 				_, _ = conn.Write(write)
 			}
-			if errors.Is(err, errConnectTooLarge) {
+			if errors.Is(err, mqttwire.ErrConnectTooLarge) {
 				p.g.tooLarge.Add(1)
 				p.g.refused("max_connect_packet", "refusing a CONNECT over hub.max_connect_packet", "remote", conn.RemoteAddr().String(), "error", err)
 			} else {

@@ -4,8 +4,11 @@
 // names, QoS 2, a second CONNECT). It covers only what those need: the
 // remaining-length encoding, UTF-8 strings, framing, CONNECT, QoS 1 PUBLISH
 // for MQTT 3.1.1 (version 4) and MQTT 5, and reading one packet back.
+// It also has the one reader the hub uses on a live connection:
+// ConnectScan, which sizes and checks a client's first packet before the
+// broker decodes it.
 //
-// Nothing here validates its input: a value out of range is encoded as
+// Nothing the writers here take is validated: a value out of range is encoded as
 // given, which is what a fault test wants.
 package mqttwire
 
