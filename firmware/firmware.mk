@@ -7,6 +7,8 @@
 #   make firmware-check  cheap: unit verify + security score + amd64 .deb contents (seconds)
 #   make firmware-test   boot test: amd64 .deb in a Debian 12 rootfs under systemd-nspawn (~1-2 min, root)
 #   make firmware-test-arm64  the arm64 image under qemu-system-aarch64 -M virt (TCG, slow: ~8 min cold)
+#   make firmware-test-arm32  armhf + armel .debs installed and started in Debian 12 roots under qemu-user
+#   make firmware-tools  install (root) every host tool the boot tests call (firmware/tools.sh)
 #   make image           the arm64 image recipe: rootfs + .deb + UART + first boot (+ SD image)
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -30,7 +32,7 @@ fw_debver := $(shell firmware/debversion.sh '$(VERSION)')
 FW_BINS := $(foreach t,$(FW_TARGETS),$(DIST)/outpost-linux-$(t))
 FW_DEBS := $(foreach t,$(FW_TARGETS),$(DIST)/outpost_$(fw_debver)_$(call fw_debarch,$(t)).deb)
 
-.PHONY: firmware deb firmware-bins firmware-check firmware-test firmware-test-arm64 image
+.PHONY: firmware deb firmware-bins firmware-check firmware-tools firmware-test firmware-test-arm64 firmware-test-arm32 image
 
 firmware: firmware-bins deb
 
@@ -54,6 +56,11 @@ $(foreach t,$(FW_TARGETS),$(eval $(call fw_deb_rule,$(t))))
 
 FW_DEB_AMD64 := $(DIST)/outpost_$(fw_debver)_amd64.deb
 FW_DEB_ARM64 := $(DIST)/outpost_$(fw_debver)_arm64.deb
+FW_DEB_ARM32 := $(DIST)/outpost_$(fw_debver)_armhf.deb $(DIST)/outpost_$(fw_debver)_armel.deb
+
+## firmware-tools: the host packages the boot tests and the image need, by explicit list (root)
+firmware-tools:
+	@firmware/tools.sh
 
 ## firmware-check: unit verify + security score (go test ./systemd) and the amd64 .deb's contents
 firmware-check: $(FW_DEB_AMD64)
@@ -61,15 +68,20 @@ firmware-check: $(FW_DEB_AMD64)
 	firmware/check-deb.sh $(FW_DEB_AMD64)
 
 ## firmware-test: amd64 .deb installed into Debian 12, booted with systemd-nspawn (root)
-firmware-test: $(FW_DEB_AMD64)
+firmware-test: $(FW_DEB_AMD64) firmware-tools
 	OUTPOST_BOOT_TEST=nspawn OUTPOST_DEB=$(abspath $(FW_DEB_AMD64)) \
 		$(GO) test -count=1 -timeout 20m -v -run 'TestBootNspawn' ./firmware/
 
 ## firmware-test-arm64: the arm64 image under qemu-system-aarch64 -M virt with a serial sensor
-firmware-test-arm64: $(FW_DEB_ARM64)
+firmware-test-arm64: $(FW_DEB_ARM64) firmware-tools
 	OUTPOST_BOOT_TEST=arm64 OUTPOST_DEB=$(abspath $(FW_DEB_ARM64)) \
 		$(GO) test -count=1 -timeout 40m -v -run 'TestBootQemuArm64' ./firmware/
 
+## firmware-test-arm32: the armhf and armel .debs installed and started under qemu-user (Pi 2, Pi 1/Zero CPUs)
+firmware-test-arm32: $(FW_DEB_ARM32) firmware-tools
+	OUTPOST_BOOT_TEST=arm32 OUTPOST_DEB='$(abspath $(FW_DEB_ARM32))' \
+		$(GO) test -count=1 -timeout 40m -v -run 'TestInstall32' ./firmware/
+
 ## image: the arm64 root filesystem and SD-card image (firmware/build/)
-image: $(FW_DEB_ARM64)
+image: $(FW_DEB_ARM64) firmware-tools
 	firmware/image.sh $(FW_DEB_ARM64)

@@ -7,7 +7,7 @@ die() { printf 'firmware: error: %s\n' "$*" >&2; exit 1; }
 need() {
 	local p
 	for p in "$@"; do
-		command -v "$p" >/dev/null 2>&1 || die "$p not found (apt-get install --no-install-recommends debootstrap systemd-container qemu-user-static qemu-system-x86 qemu-system-arm binfmt-support busybox-static cpio kmod dosfstools mtools fdisk socat)"
+		command -v "$p" >/dev/null 2>&1 || die "$p not found (as root: firmware/tools.sh, or make firmware-tools, installs every tool these scripts call)"
 	done
 }
 

@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,7 +108,8 @@ func (c *container) forward(sockDir string, inner, outer int) {
 // TestBootNspawn installs the amd64 .deb into Debian 12, boots it with
 // systemd as PID 1 and checks the service as systemd runs it: READY=1,
 // /healthz, a message from a leaf through the hub to a broker on the host,
-// restart after kill -9, the watchdog, reload, and the package's
+// restart after kill -9, the watchdog (a stopped process, and a gateway
+// stalled on an upstream that stopped reading), reload, and the package's
 // remove/reinstall/purge cycle.
 func TestBootNspawn(t *testing.T) {
 	bootTest(t, "nspawn", "debootstrap", "systemd-nspawn", "nsenter", "unshare", "socat", "mosquitto_pub", "systemd-analyze")
@@ -120,7 +123,9 @@ func TestBootNspawn(t *testing.T) {
 	checkInstalled(t, root)
 
 	// The test's config: one leaf, the cloud at the container's
-	// 127.0.0.1:11883, which is forwarded to Mosquitto on the host.
+	// 127.0.0.1:11883, which is forwarded to Mosquitto on the host. A short
+	// stall timeout, and a keepalive long enough that the link's own PUBACK
+	// timeout (3 × keepalive) does not drop a stalled connection first.
 	hash, err := bcrypt.GenerateFromPassword([]byte("leaf-secret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +134,7 @@ func TestBootNspawn(t *testing.T) {
 gateway:
   id: boot-gw
   data_dir: /var/lib/outpost
+  stall_timeout: 5s
 hub:
   listen: 127.0.0.1:1883
   clients:
@@ -140,6 +146,7 @@ cloud:
   protocol: mqtt
   url: mqtt://127.0.0.1:11883
   client_id: boot-gw
+  keepalive: 60s
 `, hash)
 	if err := os.WriteFile(filepath.Join(root, "etc/outpost/outpost.yaml"), []byte(cfg), 0o640); err != nil {
 		t.Fatal(err)
@@ -206,18 +213,24 @@ cloud:
 			t.Fatalf("mosquitto_pub to the hub: %v\n%s", err, out)
 		}
 	}
-	arrives := func(payload string) {
+	// arrives waits until every payload has reached the upstream broker,
+	// in any order.
+	arrives := func(payloads ...string) {
 		t.Helper()
+		want := map[string]bool{}
+		for _, p := range payloads {
+			want[p] = true
+		}
 		deadline := time.After(60 * time.Second)
-		for {
+		for len(want) > 0 {
 			select {
 			case l := <-sub.Lines:
-				if strings.HasSuffix(l, " "+payload) {
+				if _, p, ok := strings.Cut(l, " "); ok && want[p] {
 					t.Logf("upstream got: %s", l)
-					return
+					delete(want, p)
 				}
 			case <-deadline:
-				t.Fatalf("%q did not reach the upstream broker; unit %v\n%s", payload, c.unit(), c.journal())
+				t.Fatalf("%v did not reach the upstream broker; unit %v\n%s", want, c.unit(), c.journal())
 			}
 		}
 	}
@@ -266,6 +279,49 @@ cloud:
 		t.Errorf("journal has no watchdog timeout:\n%s", j)
 	}
 	eventually(t, 20*time.Second, "/healthz after the watchdog restart", healthz)
+
+	// A stalled upstream: Mosquitto stops reading (SIGSTOP) while the link
+	// is up. The messages the hub acknowledges stay queued with no upstream
+	// PUBACK; after gateway.stall_timeout /healthz says why, the watchdog
+	// is no longer fed and systemd restarts the gateway. The restarted one
+	// finds the upstream unanswering (link down: healthy, no restart loop),
+	// and once the upstream resumes everything acknowledged arrives.
+	third := c.unit()
+	upstream.Signal(syscall.SIGSTOP)
+	upStopped := time.Now()
+	var stalled []string
+	for i := range 5 {
+		p := fmt.Sprintf("while-upstream-stopped-%d", i)
+		publish(p) // returns after the hub's PUBACK: stored
+		stalled = append(stalled, p)
+	}
+	var why string
+	eventually(t, 30*time.Second, "/healthz 503 naming the forwarding stall", func() (bool, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", httpPort))
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		why = strings.TrimSpace(string(b))
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(why, "no upstream acknowledgement"), resp.Status + " " + why
+	})
+	t.Logf("upstream stopped to /healthz 503 (stall_timeout 5s): %s: %s", fmtDur(time.Since(upStopped)), why)
+	eventually(t, 60*time.Second, "watchdog restart of the gateway stalled on its upstream", func() (bool, string) {
+		u := c.unit()
+		return u["NRestarts"] == "3" && u["SubState"] == "running" && u["MainPID"] != third["MainPID"], fmt.Sprint(u)
+	})
+	t.Logf("upstream stopped to restarted by the watchdog: %s", fmtDur(time.Since(upStopped)))
+	if j := c.journal(); strings.Count(j, "Watchdog timeout") != 2 || !strings.Contains(j, "no upstream acknowledgement") {
+		t.Errorf("journal lacks the second watchdog timeout or the logged stall:\n%s", j)
+	}
+	eventually(t, 30*time.Second, "/healthz after the restart with the upstream still stopped", healthz)
+	upstream.Signal(syscall.SIGCONT)
+	arrives(stalled...)
+	t.Logf("upstream stopped to every acknowledged message delivered: %s", fmtDur(time.Since(upStopped)))
+	if u := c.unit(); u["NRestarts"] != "3" {
+		t.Errorf("restarted again after the upstream resumed: %v", u)
+	}
 
 	c.poweroff()
 	t.Logf("boot, checks and poweroff: %s", fmtDur(time.Since(bootStart)))

@@ -119,7 +119,9 @@ devices:
 		"-accel", "tcg,thread=multi", "-display", "none", "-no-reboot", "-monitor", "none",
 		"-serial", "file:"+console,
 		"-kernel", filepath.Join(imgDir, "vmlinuz"), "-initrd", filepath.Join(imgDir, "initrd.img"),
-		"-append", "console=ttyAMA0 root=LABEL=RASPIROOT rw panic=-1",
+		// show_status=error: no "A start job is running" animation, which
+		// a slow TCG boot draws into the middle of the services' console lines.
+		"-append", "console=ttyAMA0 root=LABEL=RASPIROOT rw panic=-1 systemd.show_status=error",
 		"-drive", "file="+img+",format=raw,if=none,id=hd0", "-device", "virtio-blk-pci,drive=hd0",
 		"-nic", nic,
 		"-chardev", "socket,id=s1,path="+sensorSock+",server=on,wait=off", "-device", "pci-serial,chardev=s1",

@@ -141,7 +141,7 @@ func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
 		recs[i] = r.Record(e.dev.cfg.Priority)
 	}
 	e.g.produced.Add(uint64(len(recs)))
-	if err := e.g.queue.Append(ctx, recs...); err != nil {
+	if err := e.g.ingest(ctx, recs...); err != nil {
 		e.dev.mu.Lock()
 		e.dev.lastErr = err.Error()
 		e.dev.mu.Unlock()

@@ -83,6 +83,8 @@ type Gateway struct {
 	httpAddr atomic.Value // string
 	ready    chan struct{}
 
+	progress *progress // ingest and forwarding progress, for health
+
 	produced atomic.Uint64 // readings and leaf messages offered for ingest
 	stored   atomic.Uint64 // ... of which durably appended
 
@@ -99,7 +101,8 @@ func New(cfg *config.Config, log *slog.Logger) *Gateway {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Gateway{cfg: cfg, log: log, ready: make(chan struct{}), failed: map[string]error{}, devices: map[string]*device{}}
+	return &Gateway{cfg: cfg, log: log, ready: make(chan struct{}), failed: map[string]error{}, devices: map[string]*device{},
+		progress: newProgress(cfg.Gateway.StallTimeout)}
 }
 
 // Ready is closed once the store is open, the hub listens and the adapters
@@ -185,6 +188,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if g.link != nil {
 		wg.Go(func() { g.watchLink(ctx) })
 	}
+	wg.Go(func() { g.monitorProgress(ctx) })
 	wg.Go(func() {
 		if err := g.ledger.Run(ctx); err != nil {
 			g.fail("commands", err)
@@ -340,7 +344,7 @@ func (t targets) Deliver(device string, props msg.Props, payload []byte, done fu
 
 // startHub makes one attempt to start the hub; it reports whether it runs.
 func (g *Gateway) startHub(q *store.Queue) bool {
-	h, err := hub.New(g.hubOptions(), q)
+	h, err := hub.New(g.hubOptions(), meteredQueue{q, g.progress})
 	if err == nil {
 		if err = h.Start(); err != nil {
 			_ = h.Close()

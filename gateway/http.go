@@ -58,7 +58,8 @@ func (g *Gateway) Status() Status {
 }
 
 // problems lists why the gateway is not healthy: a part that failed, a
-// store that had to be quarantined, a hub that is not listening.
+// store that had to be quarantined, a hub that is not listening, ingest or
+// forwarding stalled for gateway.stall_timeout.
 func (g *Gateway) problems() []string {
 	var ps []string
 	select {
@@ -79,7 +80,7 @@ func (g *Gateway) problems() []string {
 		ps = append(ps, fmt.Sprintf("%s: %v", part, err))
 	}
 	g.mu.Unlock()
-	return ps
+	return append(ps, g.progress.stalls()...)
 }
 
 // routes is the HTTP API, every route behind httpGuard.
@@ -112,7 +113,9 @@ func (g *Gateway) routes() http.Handler {
 }
 
 // Alive reports whether the gateway's own machinery works, for the systemd
-// watchdog: no part has failed and the hub accepts connections. Unlike
+// watchdog: no part has failed, the hub accepts connections, and neither
+// ingest nor forwarding has stood still for gateway.stall_timeout while it
+// had work (see progress): a restart is what unsticks those. Unlike
 // /healthz it ignores conditions a restart cannot fix and would only hide:
 // an unreachable cloud (the queue holds the data) and a store quarantined
 // at open (the fresh store works; the quarantine is reported until a human
@@ -124,6 +127,9 @@ func (g *Gateway) Alive() error {
 		errs = append(errs, fmt.Errorf("%s: %w", part, err))
 	}
 	g.mu.Unlock()
+	for _, s := range g.progress.stalls() {
+		errs = append(errs, errors.New(s))
+	}
 	if addr := g.HubAddr(); addr != "" {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {

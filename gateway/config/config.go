@@ -50,6 +50,11 @@ type Gateway struct {
 	ID string `yaml:"id"`
 	// DataDir holds the store. Default /var/lib/outpost.
 	DataDir string `yaml:"data_dir"`
+	// StallTimeout is how long ingest (writes waiting for the store's sync)
+	// or forwarding (records queued, the link up, no upstream
+	// acknowledgement) may stand still before the gateway reports itself
+	// unhealthy and stops feeding the watchdog. Default 2m, at least 1s.
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 }
 
 // Hub is the hub section: the local MQTT hub's own config (package hub
@@ -138,6 +143,8 @@ const (
 	DefaultDataDir    = "/var/lib/outpost"
 	DefaultHTTPListen = "127.0.0.1:9180"
 	DefaultCommandTTL = time.Hour
+	// DefaultStallTimeout is gateway.stall_timeout's default.
+	DefaultStallTimeout = 2 * time.Minute
 )
 
 // Default returns a config holding every default. Gateway.ID is empty:
@@ -151,6 +158,7 @@ func Default() *Config {
 
 func (c *Config) setDefaults() {
 	c.Gateway.DataDir = DefaultDataDir
+	c.Gateway.StallTimeout = DefaultStallTimeout
 	c.Hub.Config = hub.DefaultConfig()
 	c.HTTP.Listen = DefaultHTTPListen
 	c.Store = store.DefaultConfig()

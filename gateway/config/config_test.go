@@ -30,7 +30,7 @@ func TestExampleValidates(t *testing.T) {
 func TestDefault(t *testing.T) {
 	c := Default()
 	want := &Config{
-		Gateway: Gateway{DataDir: "/var/lib/outpost"},
+		Gateway: Gateway{DataDir: "/var/lib/outpost", StallTimeout: 2 * time.Minute},
 		Hub: Hub{Config: hub.Config{Listen: "127.0.0.1:1883", MaxMessageBytes: 262144, MaxInflight: 256,
 			SessionExpiry: 24 * time.Hour, ConnectRate: 20, ConnectBurst: 100,
 			ConnectTimeout: 10 * time.Second, MaxConnections: 1000, MaxConnectPacket: 16 * msg.KiB}},
@@ -121,7 +121,7 @@ func TestFullSample(t *testing.T) {
 }
 
 const everyKeySrc = `
-gateway: {id: gw-2, data_dir: /data}
+gateway: {id: gw-2, data_dir: /data, stall_timeout: 45s}
 hub:
   listen: ""
   tls_listen: 0.0.0.0:8883
@@ -168,7 +168,7 @@ func TestEveryKey(t *testing.T) {
 	c.where = nil
 	want := &Config{
 		File:    "every.yaml",
-		Gateway: Gateway{ID: "gw-2", DataDir: "/data"},
+		Gateway: Gateway{ID: "gw-2", DataDir: "/data", StallTimeout: 45 * time.Second},
 		Hub: Hub{Config: hub.Config{Listen: "", TLSListen: "0.0.0.0:8883", TLS: hub.TLSConfig{CertFile: "c.pem", KeyFile: "k.pem", ClientCAFile: "ca.pem"},
 			MaxMessageBytes: 64 * msg.KiB, MaxInflight: 10, SessionExpiry: 90 * time.Minute, ConnectRate: 2.5, ConnectBurst: 7,
 			ConnectRatePerAddress: 1.5, ConnectTimeout: 3 * time.Second, MaxConnections: 50, MaxConnectPacket: 4 * msg.KiB},

@@ -31,6 +31,8 @@ func TestMistakes(t *testing.T) {
 		{"empty file", "", "t.yaml:1:1: gateway.id is required"},
 		{"missing id", "gateway:\n  data_dir: /x\n", "t.yaml:1:1: gateway.id is required"},
 		{"bad gateway id", "gateway: {id: \"gw 1\"}\n", `t.yaml:1:15: gateway.id: device id "gw 1": character ' ' not allowed`},
+		{"stall timeout too short", "gateway: {id: gw-1, stall_timeout: 500ms}\n", "t.yaml:1:36: gateway.stall_timeout must be at least 1s, got 500ms"},
+		{"stall timeout zero", "gateway: {id: gw-1, stall_timeout: 0s}\n", "t.yaml:1:36: gateway.stall_timeout must be at least 1s, got 0s"},
 		{"unknown top key", ok + "hubb: {}\n", `t.yaml:2:1: unknown key "hubb" (did you mean "hub"?)`},
 		{"unknown key", ok + "hub:\n  lisen: :1883\n", `t.yaml:3:3: unknown key "lisen" in hub (did you mean "listen"?)`},
 		{"unknown key no hint", ok + "store:\n  colour: red\n", `t.yaml:3:3: unknown key "colour" in store (known keys: max_bytes, when_full, ttl)`},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
 	"github.com/outpost-iot/outpost/cloudlink"
@@ -139,6 +140,9 @@ func (v *validator) gateway() {
 	}
 	if g.DataDir == "" {
 		v.errorf("gateway.data_dir", "gateway.data_dir must not be empty")
+	}
+	if g.StallTimeout < time.Second {
+		v.errorf("gateway.stall_timeout", "gateway.stall_timeout must be at least 1s, got %v", g.StallTimeout)
 	}
 }
 
