@@ -30,6 +30,14 @@
 // section fetched after a reconnect to ReplaceDesired. Nothing syncs
 // upstream yet: pending patches wait, durably, for that link.
 //
+// # Devices the gateway answers for
+//
+// The gateway's adapter devices (Modbus, serial, GPIO) have twins too,
+// kept the same way, but no MQTT connection: Options.Local stands for
+// them. Their desired changes go to Local.Desired (never pushed to a
+// leaf), their direct methods to Local.Call, and Local reports their state
+// and its acknowledgements through Report.
+//
 // The package sees neither MQTT nor the store's types: the hub and the
 // store reach it through the Store interface and the Send and Subscribed
 // functions of Options.
@@ -401,13 +409,14 @@ func (m *Manager) PatchDesired(ctx context.Context, device string, p iothub.Patc
 		return iothub.Twin{}, err
 	}
 	if m.local(device) {
-		tw, err := m.patchDesired(ctx, device, p, version, false)
-		if err == nil && tw.Desired.Version != 0 {
+		tw, changed, err := m.patchDesired(ctx, device, p, version, false)
+		if changed {
 			m.opt.Local.Desired(ctx, device, p, tw.Desired.Version)
 		}
 		return tw, err
 	}
-	return m.patchDesired(ctx, device, p, version, true)
+	tw, _, err := m.patchDesired(ctx, device, p, version, true)
+	return tw, err
 }
 
 // local reports whether device is one of Options.Local's.
@@ -416,31 +425,26 @@ func (m *Manager) local(device string) bool {
 }
 
 // patchDesired is PatchDesired without the call to Local; push sends the
-// change to the leaf. A patch seen before returns a twin with desired
-// version 0 in place of the current one.
-func (m *Manager) patchDesired(ctx context.Context, device string, p iothub.Patch, version int64, push bool) (iothub.Twin, error) {
+// change to the leaf. changed is false for a patch seen before.
+func (m *Manager) patchDesired(ctx context.Context, device string, p iothub.Patch, version int64, push bool) (tw iothub.Twin, changed bool, err error) {
 	t, err := m.lock(device)
 	if err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
 	defer t.mu.Unlock()
 	if version > 0 && version <= t.d.Desired.Version {
-		tw := iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}
-		if !push {
-			tw.Desired.Version = 0
-		}
-		return tw, nil
+		return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, false, nil
 	}
 	d := t.d
 	if err := d.Desired.Apply(p); err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
 	if version > 0 {
 		d.Desired.Version = version
 	}
 	prev := t.d.Desired.Version
 	if err := m.put(ctx, device, t, d); err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
 	if push {
 		send := p
@@ -449,7 +453,7 @@ func (m *Manager) patchDesired(ctx context.Context, device string, p iothub.Patc
 		}
 		m.push(ctx, device, t, send)
 	}
-	return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, nil
+	return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, true, nil
 }
 
 // ReplaceDesired makes s device's desired section (a cloud's full twin
