@@ -153,3 +153,49 @@ func TestModbusTwin(t *testing.T) {
 		t.Fatalf("unknown method: %d %v, want status 404", code, res)
 	}
 }
+
+// A desired setpoint made while the Modbus device is down waits in the
+// ledger (acknowledged 202), survives a kill of the gateway, and is
+// written once and acknowledged 200 when the device is back; the twin's
+// health follows the device.
+func TestModbusTwinDesiredWhileDown(t *testing.T) {
+	t.Parallel()
+	up := peertest.StartMosquitto(t)
+	port := peertest.FreePort(t)
+	dev := fmt.Sprintf(`devices:
+  - id: plc-1
+    twin_interval: 200ms
+    modbus:
+      url: tcp://127.0.0.1:%d
+      unit: 1
+      interval: 300ms
+      timeout: 300ms
+      points:
+        - {name: setpoint, table: holding, address: 100, type: int16, scale: 0.1, writable: true}
+`, port)
+	g := newGatewayWith(t, up.Addr, dev)
+	g.start()
+	g.waitReported("plc-1", "a health other than ok", func(rep map[string]any) bool {
+		h, _ := rep["health"].(string)
+		return h == "degraded" || h == "down"
+	})
+	code, tw := g.api("PATCH", "/api/devices/plc-1/twin", `{"desired":{"setpoint":24}}`)
+	if code != 200 {
+		t.Fatalf("PATCH desired: %d %v", code, tw)
+	}
+	av := tw["desired"].(map[string]any)["$version"].(float64)
+	g.waitReported("plc-1", "setpoint acknowledged 202", func(rep map[string]any) bool {
+		return isAck(rep["setpoint"], 24.0, 202, av)
+	})
+	g.stop(syscallKILL)
+
+	slave := startSlave(t, port)
+	g.start()
+	slave.WaitFor(t, regexp.MustCompile(`WRITE hr 100 \[240\]`), 20*time.Second)
+	g.waitReported("plc-1", "setpoint acknowledged 200 and health ok", func(rep map[string]any) bool {
+		return isAck(rep["setpoint"], 24.0, 200, av) && rep["health"] == "ok"
+	})
+	if n := strings.Count(slave.Output(), "WRITE hr"); n != 1 {
+		t.Errorf("the slave saw %d writes, want 1:\n%s", n, slave.Output())
+	}
+}
