@@ -69,8 +69,12 @@ func newDevTwins(g *Gateway) *devTwins {
 		sent: map[string]string{}, sentAt: map[string]time.Time{}, waiters: map[string]chan msg.Result{}}
 }
 
-// Has implements twins.Local: id is a configured adapter device.
+// Has implements twins.Local: id is a configured adapter device, or one
+// a reload started.
 func (t *devTwins) Has(id string) bool {
+	if t.g.device(id) != nil {
+		return true
+	}
 	for _, d := range t.g.cfg.Devices {
 		if d.ID == id {
 			return true
