@@ -5,7 +5,8 @@
 // A device is a Source; it may also be a Sink (it takes commands). The
 // gateway finds the optional parts by type assertion on the Source, like
 // database/sql does on a driver's Conn: HealthReporter (the device's
-// health), LinkObserver (the upstream link's state) and io.Closer (release
+// health), LinkObserver (the upstream link's state), PointLister (its
+// points, for its twin), Reader (read on demand) and io.Closer (release
 // what New acquired). Each is documented with when the gateway calls it.
 // The conformance suite in adaptertest checks every kind against all of it.
 //
