@@ -131,14 +131,15 @@ func (t *devTwins) run(ctx context.Context) {
 }
 
 // report sends d's state to its twin if it changed and its interval has
-// passed.
+// passed. A device is first reported once it has emitted a reading or its
+// health is not ok.
 func (t *devTwins) report(ctx context.Context, d *device) {
 	id := d.cfg.ID
 	st := d.status()
 	t.mu.Lock()
-	if time.Since(t.sentAt[id]) < interval(d) {
+	if time.Since(t.sentAt[id]) < interval(d) || t.last[id] == nil && st.Health == adapters.Up {
 		t.mu.Unlock()
-		return
+		return // too soon, or nothing to say yet: no reading, no trouble
 	}
 	state := map[string]any{reportedPoints: maps.Clone(t.last[id]), reportedHealth: st.Health.String(), reportedHealthDetail: st.Detail}
 	if state[reportedPoints] == nil {
