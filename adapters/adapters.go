@@ -5,7 +5,8 @@
 // A device is a Source; it may also be a Sink (it takes commands). The
 // gateway finds the optional parts by type assertion on the Source, like
 // database/sql does on a driver's Conn: HealthReporter (the device's
-// health), LinkObserver (the upstream link's state) and io.Closer (release
+// health), LinkObserver (the upstream link's state), PointLister (its
+// points, for its twin), Reader (read on demand) and io.Closer (release
 // what New acquired). Each is documented with when the gateway calls it.
 // The conformance suite in adaptertest checks every kind against all of it.
 //
@@ -119,6 +120,32 @@ type HealthReporter interface {
 // rebuilt by a reload is a new device and is told again.
 type LinkObserver interface {
 	SetLinkState(up bool, since time.Time)
+}
+
+// Point is one of a device's points as its twin shows it: reported
+// properties carry the values of every point, and a Writable one is also a
+// desired property (a desired value becomes a write command).
+type Point struct {
+	Name     string
+	Writable bool
+}
+
+// If a Source implements PointLister, Points is called when the gateway
+// builds the device's twin and for each desired change, from any
+// goroutine; it returns the device's points (a fixed list, from its
+// config) and must not block. A Source without it has no desired
+// properties.
+type PointLister interface {
+	Points() []Point
+}
+
+// If a Source implements Reader, Read is called for the device's direct
+// method "read" (from an HTTP request's goroutine, at the same time as Run
+// and Apply): it reads every point from the device now and returns them
+// as one reading, failed points in Errors. An error means nothing could
+// be read. A Source without it answers "read" with its last reading.
+type Reader interface {
+	Read(ctx context.Context) (msg.Reading, error)
 }
 
 // ErrRejected marks a command that can never succeed (unknown point, not

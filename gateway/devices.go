@@ -152,6 +152,9 @@ func (e *emitter) Emit(ctx context.Context, rs ...msg.Reading) error {
 	e.dev.mu.Lock()
 	e.dev.last, e.dev.lastErr = rs[len(rs)-1], ""
 	e.dev.mu.Unlock()
+	if e.g.dtwins != nil {
+		e.g.dtwins.observe(e.dev.cfg.ID, rs)
+	}
 	if h := e.g.hub(); h != nil {
 		for _, r := range recs {
 			_ = h.Publish(r) // observers only; the record is already safe

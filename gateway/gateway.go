@@ -76,6 +76,7 @@ type Gateway struct {
 	link   cloudlink.Link
 	ledger *commands.Ledger
 	twins  *twins.Manager
+	dtwins *devTwins // the adapter devices' side of twins
 	http   *http.Server
 	// httpToken is http.token_file's token (nil: none), read by startHTTP.
 	httpToken []byte
@@ -136,8 +137,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	// The hub: a listener that cannot bind (a port taken by another
 	// broker) does not stop the gateway; it keeps storing and forwarding
 	// adapter data, reports 503 on /healthz, and retries the hub.
+	g.dtwins = newDevTwins(g)
 	g.ledger = commands.New(commands.Options{Inbox: q, Targets: targets{g}, Leaves: targets{g},
-		TTL: g.cfg.Commands.TTL, Logger: g.log.With("part", "commands")})
+		TTL: g.cfg.Commands.TTL, Finished: g.dtwins.finished, Logger: g.log.With("part", "commands")})
 	if g.twins, err = g.newTwins(q); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -189,6 +191,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		wg.Go(func() { g.watchLink(ctx) })
 	}
 	wg.Go(func() { g.monitorProgress(ctx) })
+	wg.Go(func() { g.dtwins.run(ctx) })
 	wg.Go(func() {
 		if err := g.ledger.Run(ctx); err != nil {
 			g.fail("commands", err)

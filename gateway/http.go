@@ -29,7 +29,8 @@ type Status struct {
 	Link     *cloudlink.Status `json:"link,omitempty"`
 	Devices  []DeviceStatus    `json:"devices"`
 	Commands []commands.Status `json:"commands"`
-	// Twins are the versions of the leaves' device twins.
+	// Twins are the versions of the device twins of the leaves and the
+	// adapter devices.
 	Twins []twins.Status `json:"twins,omitempty"`
 }
 

@@ -7,11 +7,13 @@ import (
 )
 
 // newTwins makes the twins of the hub's leaves, kept in q and reaching
-// the leaves through whichever hub is running.
+// the leaves through whichever hub is running, and of the adapter
+// devices, which g.dtwins answers for.
 func (g *Gateway) newTwins(q *store.Queue) (*twins.Manager, error) {
 	return twins.New(twins.Options{
 		Store: q,
-		Known: g.twinDevice,
+		Known: func(id string) bool { return g.twinDevice(id) || g.dtwins.Has(id) },
+		Local: g.dtwins,
 		Send: func(device, topic string, payload []byte) error {
 			h := g.hub()
 			if h == nil {
@@ -38,7 +40,8 @@ func (g *Gateway) twinDevice(id string) bool {
 	return false
 }
 
-// twinStatus is the twins of the hub's devices for the status page.
+// twinStatus is the twins of the hub's devices and of the adapter devices
+// for the status page.
 func (g *Gateway) twinStatus() []twins.Status {
 	if g.twins == nil {
 		return nil
@@ -48,6 +51,9 @@ func (g *Gateway) twinStatus() []twins.Status {
 		if c.IsDevice() {
 			ids = append(ids, c.ID)
 		}
+	}
+	for _, d := range g.cfg.Devices {
+		ids = append(ids, d.ID)
 	}
 	return g.twins.Statuses(ids)
 }

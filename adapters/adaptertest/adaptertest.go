@@ -43,6 +43,8 @@ type Optional struct {
 	HealthReporter bool // adapters.HealthReporter
 	LinkObserver   bool // adapters.LinkObserver
 	Closer         bool // io.Closer
+	PointLister    bool // adapters.PointLister
+	Reader         bool // adapters.Reader
 }
 
 // Recorder is an Emitter that keeps every reading.
@@ -186,8 +188,22 @@ func Run(t *testing.T, c Case) {
 		_, health := src.(adapters.HealthReporter)
 		_, link := src.(adapters.LinkObserver)
 		_, closer := src.(io.Closer)
-		if got := (Optional{HealthReporter: health, LinkObserver: link, Closer: closer}); got != c.Optional {
+		pl, points := src.(adapters.PointLister)
+		_, reader := src.(adapters.Reader)
+		if got := (Optional{HealthReporter: health, LinkObserver: link, Closer: closer, PointLister: points, Reader: reader}); got != c.Optional {
 			t.Errorf("%T implements %+v, the case says %+v", src, got, c.Optional)
+		}
+		if points {
+			seen := map[string]bool{}
+			for _, p := range pl.Points() {
+				if p.Name == "" || seen[p.Name] {
+					t.Errorf("Points() lists an empty or repeated name %q: %+v", p.Name, pl.Points())
+				}
+				seen[p.Name] = true
+			}
+			if len(seen) == 0 {
+				t.Error("Points() lists no point")
+			}
 		}
 	})
 

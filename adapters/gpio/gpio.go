@@ -376,3 +376,13 @@ func (d *Device) notify(at time.Time, vs map[string]any) {
 	default:
 	}
 }
+
+// Points implements adapters.PointLister: every configured pin, the
+// outputs with writable set being writable.
+func (d *Device) Points() []adapters.Point {
+	ps := make([]adapters.Point, len(d.cfg.Points))
+	for i, p := range d.cfg.Points {
+		ps[i] = adapters.Point{Name: p.Name, Writable: p.Writable}
+	}
+	return ps
+}

@@ -523,6 +523,6 @@ func TestConformance(t *testing.T) {
 		}},
 		Wait:           2 * time.Second,
 		UnknownCommand: &msg.Command{ID: "c1", Device: "io-1", Write: map[string]any{"nope": true}},
-		Optional:       adaptertest.Optional{HealthReporter: true, LinkObserver: true, Closer: true},
+		Optional:       adaptertest.Optional{HealthReporter: true, LinkObserver: true, Closer: true, PointLister: true},
 	})
 }

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
 func init() {
@@ -310,3 +311,37 @@ func (s *scheduler) take(now time.Time) []*point {
 //
 //go:embed sample.yaml
 var Sample string
+
+// Points implements adapters.PointLister: the configured points, in
+// config order, those with writable set being writable.
+func (d *Device) Points() []adapters.Point {
+	ps := make([]adapters.Point, len(d.cfg.points))
+	for i, p := range d.cfg.points {
+		ps[i] = adapters.Point{Name: p.Name, Writable: p.writable}
+	}
+	return ps
+}
+
+// Read implements adapters.Reader: it polls every point once now, on the
+// device's bus (between Run's polls and Apply's writes), without deadband
+// or heartbeat. A point that fails is in the reading's Errors; an error
+// return means the device answered no request at all.
+func (d *Device) Read(ctx context.Context) (msg.Reading, error) {
+	b, err := acquire(d.cfg.bus, d.log)
+	if err != nil {
+		return msg.Reading{}, fmt.Errorf("modbus %s: %w", d.id, err)
+	}
+	defer b.Release()
+	res := d.poll(ctx, b, d.cfg.points)
+	if err := ctx.Err(); err != nil {
+		return msg.Reading{}, fmt.Errorf("modbus %s: read: %w", d.id, err)
+	}
+	if res.answered == 0 {
+		return msg.Reading{}, fmt.Errorf("modbus %s: read: %s", d.id, res.firstErr)
+	}
+	at := res.at
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return msg.Reading{Device: d.id, Time: at, Values: res.values, Errors: res.errs}, nil
+}

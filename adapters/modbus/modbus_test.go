@@ -150,7 +150,7 @@ func TestConformance(t *testing.T) {
 	adaptertest.Run(t, adaptertest.Case{
 		Kind: "modbus", Device: "conf-1", Config: c,
 		UnknownCommand: &msg.Command{ID: "c1", Device: "conf-1", Write: map[string]any{"nope": 1.0}},
-		Optional:       adaptertest.Optional{HealthReporter: true},
+		Optional:       adaptertest.Optional{HealthReporter: true, PointLister: true, Reader: true},
 	})
 }
 

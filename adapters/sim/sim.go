@@ -141,3 +141,13 @@ func (m *Meter) Apply(ctx context.Context, cmd msg.Command) (msg.Result, error) 
 	m.setpoint = cmd.Write["setpoint"].(float64)
 	return msg.Result{Status: msg.StatusDone, Values: map[string]any{"setpoint": m.setpoint}}, nil
 }
+
+// Points implements adapters.PointLister: a meter's voltage, current,
+// energy and its writable setpoint, or a sensor's temperature and
+// humidity.
+func (m *Meter) Points() []adapters.Point {
+	if m.cfg.Mode == "sensor" {
+		return []adapters.Point{{Name: "temperature"}, {Name: "humidity"}}
+	}
+	return []adapters.Point{{Name: "voltage"}, {Name: "current"}, {Name: "energy"}, {Name: "setpoint", Writable: true}}
+}

@@ -18,7 +18,7 @@ func TestConformance(t *testing.T) {
 		Device:         "meter-1",
 		Config:         &Config{Interval: 20 * time.Millisecond},
 		UnknownCommand: &msg.Command{ID: "c1", Device: "meter-1", Write: map[string]any{"nope": 1.0}},
-		Optional:       adaptertest.Optional{}, // none
+		Optional:       adaptertest.Optional{PointLister: true},
 	})
 }
 

@@ -85,8 +85,11 @@ type Options struct {
 	Targets Targets
 	Leaves  Deliverer
 	// TTL is the deadline of a command without $.exp (commands.ttl).
-	TTL    time.Duration
-	Logger *slog.Logger
+	TTL time.Duration
+	// Finished, if set, is called once a command is final (its result
+	// queued), from the device's worker: it must not block for long.
+	Finished func(c store.Command, res msg.Result)
+	Logger   *slog.Logger
 }
 
 // Ledger is the command ledger. Create it with New, take commands in with
@@ -96,6 +99,7 @@ type Ledger struct {
 	targets Targets
 	leaves  Deliverer
 	ttl     time.Duration
+	done    func(store.Command, msg.Result)
 	log     *slog.Logger
 
 	mu      sync.Mutex
@@ -124,7 +128,7 @@ func New(opt Options) *Ledger {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Ledger{inbox: opt.Inbox, targets: opt.Targets, leaves: opt.Leaves, ttl: opt.TTL, log: log, workers: map[string]chan struct{}{}}
+	return &Ledger{inbox: opt.Inbox, targets: opt.Targets, leaves: opt.Leaves, ttl: opt.TTL, done: opt.Finished, log: log, workers: map[string]chan struct{}{}}
 }
 
 // Run starts a worker for every device with open commands and keeps
@@ -401,6 +405,9 @@ func (l *Ledger) finish(ctx context.Context, c store.Command, res msg.Result) er
 	c.State = store.CommandState(res.Status)
 	l.track(c, &res)
 	l.log.Info("command finished", "id", c.ID, "device", c.Device, "status", res.Status, "error", res.Error)
+	if l.done != nil {
+		l.done(c, res)
+	}
 	return nil
 }
 

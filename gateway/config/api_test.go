@@ -103,3 +103,19 @@ func TestValidateCodeBuilt(t *testing.T) {
 		t.Errorf("got\n%v\nwant\n%s", err, want)
 	}
 }
+
+// TestTwinInterval: devices[].twin_interval defaults to 10s and may not be
+// below 100ms.
+func TestTwinInterval(t *testing.T) {
+	c, err := Parse("t.yaml", []byte(ok+"devices:\n  - {id: a, fake: {url: u, points: [{name: x, type: int16}]}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Devices[0].TwinInterval; got != DefaultTwinInterval {
+		t.Errorf("default twin_interval %v, want %v", got, DefaultTwinInterval)
+	}
+	_, err = Parse("t.yaml", []byte(ok+"devices:\n  - {id: a, twin_interval: 10ms, fake: {url: u, points: [{name: x, type: int16}]}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "devices[0].twin_interval: 10ms is below the minimum of 100ms") {
+		t.Errorf("twin_interval 10ms: %v", err)
+	}
+}

@@ -130,6 +130,11 @@ type Device struct {
 	// Azure carries the device's own IoT Hub identity when
 	// cloud.identity is per-device.
 	Azure *DeviceAzure
+	// TwinInterval is the shortest time between two updates of the
+	// device's twin's reported properties (its points and health, on
+	// change). Default DefaultTwinInterval; 0 in a config built in code
+	// means the default.
+	TwinInterval time.Duration
 }
 
 // DeviceAzure is a device's own IoT Hub credentials (identity: per-device).
@@ -145,6 +150,10 @@ const (
 	DefaultCommandTTL = time.Hour
 	// DefaultStallTimeout is gateway.stall_timeout's default.
 	DefaultStallTimeout = 2 * time.Minute
+	// DefaultTwinInterval is devices[].twin_interval's default, and
+	// MinTwinInterval its smallest value.
+	DefaultTwinInterval = 10 * time.Second
+	MinTwinInterval     = 100 * time.Millisecond
 )
 
 // Default returns a config holding every default. Gateway.ID is empty:
@@ -233,6 +242,6 @@ func (c *Config) ErrorAt(path string, err error) *Error {
 // Equal reports whether d and o configure the same device the same way,
 // so a reload can leave an unchanged device running.
 func (d Device) Equal(o Device) bool {
-	return d.ID == o.ID && d.Priority == o.Priority && d.Kind == o.Kind &&
+	return d.ID == o.ID && d.Priority == o.Priority && d.Kind == o.Kind && d.TwinInterval == o.TwinInterval &&
 		reflect.DeepEqual(d.Adapter, o.Adapter) && reflect.DeepEqual(d.Azure, o.Azure)
 }

@@ -155,7 +155,7 @@ cloud:
   keepalive: 1m
 commands: {ttl: 10s}
 devices:
-  - {id: d1, priority: low, other: {port: p}, azure: {shared_access_key_file: /k}}
+  - {id: d1, priority: low, twin_interval: 2s, other: {port: p}, azure: {shared_access_key_file: /k}}
 `
 
 // TestEveryKey sets every non-device key to a value other than its default
@@ -181,7 +181,7 @@ func TestEveryKey(t *testing.T) {
 			Pack: cloudlink.PackConfig{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
 		Commands: Commands{TTL: 10 * time.Second},
 		Devices: []Device{{ID: "d1", Priority: msg.Low, Kind: "other", Adapter: &otherConfig{Port: "p"},
-			Azure: &DeviceAzure{SharedAccessKeyFile: "/k"}}},
+			Azure: &DeviceAzure{SharedAccessKeyFile: "/k"}, TwinInterval: 2 * time.Second}},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)

@@ -13,13 +13,14 @@ import (
 )
 
 // deviceKeys are the keys a device entry has besides its one kind key.
-var deviceKeys = []string{"id", "priority", "azure"}
+var deviceKeys = []string{"id", "priority", "azure", "twin_interval"}
 
 // decodeNode decodes one devices[i] entry: id, priority, azure, and exactly
 // one registered adapter kind key whose node is decoded strictly into the
 // kind's config and then validated.
 func (dev *Device) decodeNode(d *decoder, path string, n ast.Node) {
 	dev.Priority = msg.Normal
+	dev.TwinInterval = DefaultTwinInterval
 	m, ok := n.(*ast.MappingNode)
 	if !ok {
 		d.errorf(d.idx.lookup(path, false), path, "%s: want a device mapping (id and one of %s), got %s", path, kindList(), describe(n))
@@ -40,6 +41,9 @@ func (dev *Device) decodeNode(d *decoder, path string, n ast.Node) {
 		case "azure":
 			d.decodeValue(p, mv.Value, reflect.ValueOf(&dev.Azure).Elem())
 			continue
+		case "twin_interval":
+			d.decodeValue(p, mv.Value, reflect.ValueOf(&dev.TwinInterval).Elem())
+			continue
 		}
 		if _, ok := adapters.Lookup(k); !ok {
 			known := append(append([]string(nil), deviceKeys...), adapters.Kinds()...)
@@ -47,7 +51,7 @@ func (dev *Device) decodeNode(d *decoder, path string, n ast.Node) {
 			if s := suggest(k, known); s != "" {
 				hint = fmt.Sprintf("did you mean %q? ", s)
 			}
-			d.errorf(posOf(mv.Key), p, "unknown key %q in %s (%sa device has id, priority, azure and one adapter kind: %s)", k, path, hint, kindList())
+			d.errorf(posOf(mv.Key), p, "unknown key %q in %s (%sa device has id, priority, azure, twin_interval and one adapter kind: %s)", k, path, hint, kindList())
 			unknown = true
 			continue
 		}

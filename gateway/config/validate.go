@@ -206,6 +206,9 @@ func (v *validator) devices() {
 		p := elem("devices", i)
 		v.deviceID(p+".id", d.ID)
 		v.deviceAzure(p, d.Azure)
+		if d.TwinInterval != 0 && d.TwinInterval < MinTwinInterval {
+			v.errorf(p+".twin_interval", "%s.twin_interval: %v is below the minimum of %v", p, d.TwinInterval, MinTwinInterval)
+		}
 		if v.c.where == nil {
 			v.codeBuiltAdapter(p, d)
 		}

@@ -41,6 +41,9 @@ func (m *Manager) Call(ctx context.Context, device string, c iothub.MethodCall) 
 	if c.ResponseTimeout <= 0 {
 		c.ResponseTimeout = iothub.DefaultMethodTimeout
 	}
+	if m.local(device) {
+		return m.opt.Local.Call(ctx, device, c)
+	}
 	if !m.waitSubscribed(ctx, device, c.ConnectTimeout) {
 		if err := ctx.Err(); err != nil {
 			return iothub.MethodResult{}, err

@@ -30,6 +30,14 @@
 // section fetched after a reconnect to ReplaceDesired. Nothing syncs
 // upstream yet: pending patches wait, durably, for that link.
 //
+// # Devices the gateway answers for
+//
+// The gateway's adapter devices (Modbus, serial, GPIO) have twins too,
+// kept the same way, but no MQTT connection: Options.Local stands for
+// them. Their desired changes go to Local.Desired (never pushed to a
+// leaf), their direct methods to Local.Call, and Local reports their state
+// and its acknowledgements through Report.
+//
 // The package sees neither MQTT nor the store's types: the hub and the
 // store reach it through the Store interface and the Send and Subscribed
 // functions of Options.
@@ -67,6 +75,21 @@ type Cloud interface {
 	ReportedPending(device string)
 }
 
+// Local is the side of the devices the gateway answers for itself (its
+// adapter devices): their desired changes and direct methods go to it, not
+// to an MQTT leaf, and they report through Manager.Report.
+type Local interface {
+	// Has reports whether device is one of them.
+	Has(device string) bool
+	// Desired is called once a desired change of device is durable (a
+	// patch, or the difference a replaced desired section made), with the
+	// new desired $version and no twin lock held.
+	Desired(ctx context.Context, device string, p iothub.Patch, version int64)
+	// Call runs direct method c on device (c.ResponseTimeout set); errors
+	// are *iothub.Error or ctx's.
+	Call(ctx context.Context, device string, c iothub.MethodCall) (iothub.MethodResult, error)
+}
+
 // Options configure a Manager. Store, Known, Send and Subscribed are
 // required.
 type Options struct {
@@ -81,6 +104,9 @@ type Options struct {
 	Subscribed func(device, filter string) bool
 	// Cloud is told of pending reported patches; nil: nobody is.
 	Cloud Cloud
+	// Local takes the desired changes and method calls of the devices it
+	// Has; nil: every device is an MQTT leaf.
+	Local Local
 	// Rate and Burst bound one device's twin requests (GETs and reported
 	// patches) per second, as IoT Hub throttles them; more are answered
 	// 429. Defaults 10/s and 20.
@@ -382,55 +408,125 @@ func (m *Manager) PatchDesired(ctx context.Context, device string, p iothub.Patc
 	if err := iothub.ValidatePatch(p); err != nil {
 		return iothub.Twin{}, err
 	}
+	if m.local(device) {
+		tw, changed, err := m.patchDesired(ctx, device, p, version, false)
+		if changed {
+			m.opt.Local.Desired(ctx, device, p, tw.Desired.Version)
+		}
+		return tw, err
+	}
+	tw, _, err := m.patchDesired(ctx, device, p, version, true)
+	return tw, err
+}
+
+// local reports whether device is one of Options.Local's.
+func (m *Manager) local(device string) bool {
+	return m.opt.Local != nil && m.opt.Local.Has(device)
+}
+
+// patchDesired is PatchDesired without the call to Local; push sends the
+// change to the leaf. changed is false for a patch seen before.
+func (m *Manager) patchDesired(ctx context.Context, device string, p iothub.Patch, version int64, push bool) (tw iothub.Twin, changed bool, err error) {
 	t, err := m.lock(device)
 	if err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
 	defer t.mu.Unlock()
 	if version > 0 && version <= t.d.Desired.Version {
-		return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, nil
+		return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, false, nil
 	}
 	d := t.d
 	if err := d.Desired.Apply(p); err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
 	if version > 0 {
 		d.Desired.Version = version
 	}
 	prev := t.d.Desired.Version
 	if err := m.put(ctx, device, t, d); err != nil {
-		return iothub.Twin{}, err
+		return iothub.Twin{}, false, err
 	}
-	push := p
-	if t.d.Seen != prev { // the leaf missed an earlier change: send it all
-		push = diff(t.d.SeenDesired, t.d.Desired.Props)
+	if push {
+		send := p
+		if t.d.Seen != prev { // the leaf missed an earlier change: send it all
+			send = diff(t.d.SeenDesired, t.d.Desired.Props)
+		}
+		m.push(ctx, device, t, send)
 	}
-	m.push(ctx, device, t, push)
-	return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, nil
+	return iothub.Twin{Desired: t.d.Desired, Reported: t.d.Reported}, true, nil
 }
 
 // ReplaceDesired makes s device's desired section (a cloud's full twin
 // after a reconnect) when its version is above the current one; a leaf
 // subscribed to desired updates gets the difference as one patch.
 func (m *Manager) ReplaceDesired(ctx context.Context, device string, s iothub.Section) error {
+	change, v, err := m.replaceDesired(ctx, device, s)
+	if err == nil && len(change) > 0 {
+		m.opt.Local.Desired(ctx, device, change, v)
+	}
+	return err
+}
+
+// replaceDesired is ReplaceDesired without the call to Local: for a
+// device of Local's it returns the change and the new version instead of
+// pushing it to a leaf.
+func (m *Manager) replaceDesired(ctx context.Context, device string, s iothub.Section) (iothub.Patch, int64, error) {
 	t, err := m.lock(device)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	defer t.mu.Unlock()
 	if s.Version <= t.d.Desired.Version {
-		return nil
+		return nil, 0, nil
 	}
 	if n := iothub.SectionSize(s.Props); n > iothub.MaxSectionBytes {
-		return errorf(iothub.StatusTooLarge, "desired section of %d bytes, more than %d", n, iothub.MaxSectionBytes)
+		return nil, 0, errorf(iothub.StatusTooLarge, "desired section of %d bytes, more than %d", n, iothub.MaxSectionBytes)
 	}
 	d := t.d
+	before := t.d.Desired.Props
 	d.Desired = iothub.Section{Props: maps.Clone(s.Props), Version: s.Version}
 	if err := m.put(ctx, device, t, d); err != nil {
-		return err
+		return nil, 0, err
+	}
+	if m.local(device) {
+		return diff(before, t.d.Desired.Props), t.d.Desired.Version, nil
 	}
 	m.push(ctx, device, t, diff(t.d.SeenDesired, t.d.Desired.Props))
-	return nil
+	return nil, 0, nil
+}
+
+// Report applies a reported patch of a device the gateway answers for
+// (Options.Local's) and keeps it pending for upstream, as PatchReported
+// does for a leaf but not throttled; it returns the new reported $version.
+// p's values may be any JSON-encodable values (they are put through JSON).
+func (m *Manager) Report(ctx context.Context, device string, p iothub.Patch) (int64, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return 0, errorf(iothub.StatusBadRequest, "reported patch: %v", err)
+	}
+	if p, err = iothub.ParsePatch(b); err != nil {
+		return 0, err
+	}
+	t, err := m.lock(device)
+	if err != nil {
+		return 0, err
+	}
+	d := t.d
+	if err := d.Reported.Apply(p); err != nil {
+		t.mu.Unlock()
+		return 0, err
+	}
+	d.Pending = pendingPlus(d.Pending, p)
+	err = m.put(ctx, device, t, d)
+	v := t.d.Reported.Version
+	t.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if m.opt.Cloud != nil {
+		m.opt.Cloud.ReportedPending(device)
+	}
+	return v, nil
 }
 
 // Subscribed is called when device's leaf subscribes to desired updates
