@@ -3,20 +3,17 @@ package hub
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
-	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/time/rate"
 
 	"github.com/outpost-iot/outpost/adapters"
+	"github.com/outpost-iot/outpost/gateway/internal/admit"
 	"github.com/outpost-iot/outpost/gateway/internal/mqttwire"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
@@ -29,8 +26,7 @@ import (
 
 // Limits of the guard's own bookkeeping.
 const (
-	// maxAddrBuckets bounds the per-address buckets kept; beyond it, idle
-	// (full) buckets are dropped, and if that is not enough, all of them.
+	// maxAddrBuckets bounds the per-address buckets kept (admit.Buckets).
 	maxAddrBuckets = 4096
 	// refusalLogEvery is how often a kind of refusal is logged at most; the
 	// log line carries the count since the last one.
@@ -64,25 +60,12 @@ type guard struct {
 	timeout    time.Duration
 	maxConns   int64
 	maxConnect int
-	perRate    rate.Limit
-	perBurst   int
-	log        *slog.Logger
+	addrs      *admit.Buckets
+	log        *admit.Refusals
 
 	open atomic.Int64 // connections admitted and not yet ended
 
-	mu    sync.Mutex
-	addrs map[netip.Prefix]*rate.Limiter
-
 	capped, addrLimited, timedOut, tooLarge, protoErrs, dropped atomic.Uint64
-
-	logMu  sync.Mutex
-	logged map[string]*refusalLog
-}
-
-// refusalLog is the state of one kind of refusal's log line.
-type refusalLog struct {
-	last time.Time
-	n    int
 }
 
 // newGuard builds the guard for opt, whose zero values New has replaced
@@ -96,11 +79,8 @@ func newGuard(opt Options) *guard {
 		timeout:    opt.ConnectTimeout,
 		maxConns:   int64(opt.MaxConnections),
 		maxConnect: int(opt.MaxConnectPacket),
-		perRate:    rate.Limit(per),
-		perBurst:   max(1, opt.ConnectBurst),
-		log:        opt.Logger,
-		addrs:      make(map[netip.Prefix]*rate.Limiter),
-		logged:     make(map[string]*refusalLog),
+		addrs:      admit.NewBuckets(per, opt.ConnectBurst, maxAddrBuckets),
+		log:        admit.NewRefusals(opt.Logger, refusalLogEvery),
 	}
 }
 
@@ -120,42 +100,7 @@ func guardDefaults(opt *Options) {
 // refused counts and logs one refusal of kind (at most one line per
 // refusalLogEvery and kind, with the count since the last line).
 func (g *guard) refused(kind, reason string, attrs ...any) {
-	g.logMu.Lock()
-	r := g.logged[kind]
-	if r == nil {
-		r = &refusalLog{}
-		g.logged[kind] = r
-	}
-	r.n++
-	now := time.Now()
-	if now.Sub(r.last) < refusalLogEvery {
-		g.logMu.Unlock()
-		return
-	}
-	n := r.n
-	r.last, r.n = now, 0
-	g.logMu.Unlock()
-	g.log.Warn("hub: "+reason, append([]any{"refusal", kind, "count", n}, attrs...)...)
-}
-
-// sourceKey is the bucket key of a remote address: the IPv4 address, or
-// the IPv6 /64.
-func sourceKey(a net.Addr) (netip.Prefix, bool) {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ip, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ip = ip.Unmap()
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, err := ip.Prefix(bits)
-	return p, err == nil
+	g.log.Refused(kind, "hub: "+reason, attrs...)
 }
 
 // admit decides at accept whether conn may proceed: under the connection
@@ -169,34 +114,12 @@ func (g *guard) admit(conn net.Conn, limited *atomic.Uint64) bool {
 		g.refused("max_connections", "refusing connections: hub.max_connections open", "max", g.maxConns)
 		return false
 	}
-	key, ok := sourceKey(conn.RemoteAddr())
-	if !ok {
-		return true
-	}
-	now := time.Now()
-	g.mu.Lock()
-	lim := g.addrs[key]
-	if lim == nil {
-		if len(g.addrs) >= maxAddrBuckets {
-			for k, l := range g.addrs {
-				if l.TokensAt(now) >= float64(g.perBurst) {
-					delete(g.addrs, k)
-				}
-			}
-			if len(g.addrs) >= maxAddrBuckets {
-				clear(g.addrs)
-			}
-		}
-		lim = rate.NewLimiter(g.perRate, g.perBurst)
-		g.addrs[key] = lim
-	}
-	allowed := lim.AllowN(now, 1)
-	g.mu.Unlock()
+	key, allowed := g.addrs.Allow(conn.RemoteAddr(), time.Now())
 	if !allowed {
 		g.open.Add(-1)
 		g.addrLimited.Add(1)
 		limited.Add(1)
-		g.refused("connect_rate_per_address", "refusing connections from an address over hub.connect_rate_per_address", "source", key.String())
+		g.refused("connect_rate_per_address", "refusing connections from an address over hub.connect_rate_per_address", "source", key)
 		return false
 	}
 	return true
