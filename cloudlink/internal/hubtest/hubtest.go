@@ -8,14 +8,18 @@
 //     signature is checked with the device's key (or a shared access policy
 //     key, skn), sr = {host}/devices/{id}, not expired. A failed check is
 //     refused with CONNACK "bad username or password".
+//
 //   - The connection is severed when its token expires (IoT Hub has no
 //     in-band re-authentication over MQTT 3.1.1).
+//
 //   - PUBLISH only to devices/{id}/messages/events/[{bag}] of the connected
 //     device, or to the twin and method requests (twin.go), QoS 0 or 1, at most 256 KB (body plus property names and
 //     values); QoS 2, another topic or an oversized message drop the
 //     connection (IoT Hub reports errors that way over MQTT).
+//
 //   - SUBSCRIBE only to the device's own documented topics; QoS 2 is granted
 //     as QoS 1; anything else drops the connection.
+//
 //   - C2D: SendC2D publishes on devices/{id}/messages/devicebound/{bag} at
 //     QoS 1 and counts the device's PUBACKs (IoT Hub completes a C2D message
 //     on its PUBACK).
