@@ -13,8 +13,8 @@
 //     in-band re-authentication over MQTT 3.1.1).
 //
 //   - PUBLISH only to devices/{id}/messages/events/[{bag}] of the connected
-//     device, or to the twin and method requests (twin.go), QoS 0 or 1, at most 256 KB (body plus property names and
-//     values); QoS 2, another topic or an oversized message drop the
+//     device, or to the twin and method requests (twin.go), QoS 0 or 1,
+//     at most 256 KB (body plus property names and values); QoS 2, another topic or an oversized message drop the
 //     connection (IoT Hub reports errors that way over MQTT).
 //
 //   - SUBSCRIBE only to the device's own documented topics; QoS 2 is granted
@@ -27,8 +27,8 @@
 //   - Device twins and direct methods as twin.go describes, with IoT Hub's
 //     status codes, $rid, $version, size limits and (Throttle) 429.
 //
-// It is not IoT Hub: no quotas or feedback, throttling only on request, and it was
-// written from documentation, not checked against the real service.
+// It is not IoT Hub: no quotas or feedback, throttling only on request,
+// and it was written from documentation, not checked against the real service.
 package hubtest
 
 import (
