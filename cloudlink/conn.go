@@ -85,6 +85,7 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	// per publish.
 	po.SetStore(wire.NopStore{})
 	c := paho.NewClient(po)
+	tw := s.newTwinLink(cctx, c)
 	tok := c.Connect()
 	select {
 	case <-tok.Done():
@@ -131,14 +132,25 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	}
 
 	f := newForwarder(s, c)
-	done := make(chan error, 2)
-	go func() { done <- f.run(cctx, cancel) }()
-	go func() { done <- s.intake(cctx, cancel, c2d) }()
+	parts := []func() error{
+		func() error { return f.run(cctx, cancel) },
+		func() error { return s.intake(cctx, cancel, c2d) },
+	}
+	if tw != nil {
+		parts = append(parts, func() error { return tw.run(cctx) })
+	}
+	done := make(chan error, len(parts))
+	for _, run := range parts {
+		go func() { done <- run() }()
+	}
 	ferr := <-done
 	if ferr != nil {
 		cancel(ferr)
 	}
-	<-done
+	for range len(parts) - 1 {
+		<-done
+	}
+	tw.wait()
 	f.releaseAll()
 	lasted := time.Since(up)
 	cause := context.Cause(cctx)
