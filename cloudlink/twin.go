@@ -80,8 +80,11 @@ type twinLink struct {
 	tw  Twins
 	dev string
 	in  chan paho.Message // twin responses and desired pushes, in receive order
-	wg  sync.WaitGroup    // method calls
 	ctx context.Context   // the connection's
+
+	mu     sync.Mutex
+	closed bool           // wait has begun: no more method calls
+	wg     sync.WaitGroup // method calls
 }
 
 // newTwinLink routes c's twin and method topics to a twinLink, before c
@@ -110,9 +113,13 @@ func (s *Session) newTwinLink(ctx context.Context, c paho.Client) *twinLink {
 
 // wait returns once the method calls of the connection have ended.
 func (t *twinLink) wait() {
-	if t != nil {
-		t.wg.Wait()
+	if t == nil {
+		return
 	}
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.wg.Wait()
 }
 
 func (t *twinLink) publish(topic string, body []byte) error {
@@ -133,6 +140,11 @@ func (t *twinLink) method(m paho.Message) {
 		return
 	}
 	payload := bytes.TrimSpace(m.Payload())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return // the connection is ending; IoT Hub times the call out
+	}
 	t.wg.Go(func() {
 		// The caller's responseTimeoutInSeconds is IoT Hub's to keep: the
 		// leaf gets the longest one, and an answer too late is dropped there.
@@ -161,6 +173,13 @@ func (t *twinLink) method(m paho.Message) {
 // run keeps the twin in sync on the connection until ctx is done (nil) or
 // IoT Hub stops answering (an error: the connection is given up).
 func (t *twinLink) run(ctx context.Context) error {
+	// A device the gateway keeps no twin for (not a leaf of the local
+	// hub) has no twin or methods upstream either: nothing is subscribed,
+	// and IoT Hub answers its method callers 404.
+	if _, err := t.tw.TakeReported(ctx, t.dev); iothub.StatusOf(err) == iothub.StatusNotFound {
+		t.s.log.Debug("no local twin for this device; its twin is not synced", "err", err)
+		return nil
+	}
 	tok := t.c.SubscribeMultiple(map[string]byte{
 		iothub.TwinResponseFilter: 0, iothub.TwinDesiredFilter: 0, iothub.MethodRequestFilter: 0}, nil)
 	select {

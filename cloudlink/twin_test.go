@@ -80,10 +80,12 @@ func eventually(t *testing.T, what string, ok func() bool) {
 // spell of 429s; a desired change pushed by the hub, and one made while
 // the link was down (by the GET after the reconnect), reach the Manager
 // and the leaf; a direct method invoked on the hub reaches the leaf and
-// its answer returns with its status, and an offline leaf is a 404.
+// its answer returns with its status, and an offline leaf is a 404. A
+// device with a key and no local twin (meter-1) keeps its connection and
+// syncs no twin.
 func TestTwinsPerDevice(t *testing.T) {
 	pki := makePKI(t, t.TempDir())
-	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key})
+	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key, "meter-1": testLeaf2Key})
 	px := newProxy(t, hub.Addr())
 	q := openStore(t)
 	ctx := context.Background()
@@ -103,7 +105,7 @@ func TestTwinsPerDevice(t *testing.T) {
 	}
 	opt := fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + px.Addr(), Host: testHubHost, DeviceID: "gw-01",
 		SharedAccessKey: testGWKey, Identity: IdentityPerDevice, TLS: TLSConfig{CAFile: pki.ca}}, Logger: testLogger(t),
-		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, Twins: m})
+		DeviceKeys: map[string]string{"leaf-1": testLeaf1Key, "meter-1": testLeaf2Key}, Twins: m})
 	f, err := NewFleet(opt, q)
 	if err != nil {
 		t.Fatal(err)
@@ -119,8 +121,10 @@ func TestTwinsPerDevice(t *testing.T) {
 	if got := leaf.sentTo("$iothub/twin/PATCH/properties/desired/"); len(got) != 1 || got[0] != `$iothub/twin/PATCH/properties/desired/?$version=2 {"$version":2,"rate":1}` {
 		t.Errorf("the leaf got %q", got)
 	}
-	if n := hub.TwinRequests("gw-01", iothub.TwinGet, 200); n != 0 {
-		t.Errorf("the gateway's own connection GOT its twin %d times", n)
+	for _, dev := range []string{"gw-01", "meter-1"} {
+		if n := hub.TwinRequests(dev, iothub.TwinGet, 200); n != 0 {
+			t.Errorf("%s, which has no local twin, fetched its twin %d times", dev, n)
+		}
 	}
 
 	// Reported patches, merged and in order.
@@ -203,6 +207,11 @@ func TestTwinsPerDevice(t *testing.T) {
 	}
 	if got := leaf.sentTo("$iothub/methods/POST/reboot/"); len(got) != 1 || !strings.HasSuffix(got[0], ` {"in":1}`) {
 		t.Errorf("the leaf got %q", got)
+	}
+	eventually(t, "meter-1 connected again", func() bool { return f.Status().Devices["meter-1"].Connected })
+	if d := f.Status().Devices["meter-1"]; !d.Connected || d.Outages != 1 {
+		// One outage: the cut above.
+		t.Errorf("meter-1, a device with no local twin: %+v, want connected", d)
 	}
 	leaf.online.Store(false)
 	r, err = hub.InvokeMethod(ctx, "leaf-1", "reboot", nil, 10)
