@@ -143,12 +143,13 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	for _, run := range parts {
 		go func() { done <- run() }()
 	}
-	ferr := <-done
-	if ferr != nil {
-		cancel(ferr)
-	}
-	for range len(parts) - 1 {
-		<-done
+	// Any part's error ends the connection (the first cause stands); a
+	// part that ends without one (a twin loop with no twin) leaves the
+	// others running.
+	for range parts {
+		if err := <-done; err != nil {
+			cancel(err)
+		}
 	}
 	tw.wait()
 	f.releaseAll()
