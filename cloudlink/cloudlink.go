@@ -152,6 +152,11 @@ type Options struct {
 	// reconnects, so the broker delivers the message again.
 	Inbox msg.Intake
 
+	// Twins, with identity per-device, are the leaves' device twins and
+	// direct methods, carried over each leaf's own connection (see Twins);
+	// nil: none. A Session of one identity (New) does not use it.
+	Twins Twins
+
 	Logger *slog.Logger
 
 	// password is the MQTT password, read from Config.PasswordFile.
@@ -161,6 +166,8 @@ type Options struct {
 	// connectGate, when set, is waited on before each connection attempt
 	// (a Fleet's shared connection rate limit).
 	connectGate func(context.Context) error
+	// twins is Twins on a leaf's connection of a Fleet.
+	twins Twins
 }
 
 const (

@@ -84,6 +84,7 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	// per publish.
 	po.SetStore(wire.NopStore{})
 	c := paho.NewClient(po)
+	tw := s.newTwinLink(cctx, c)
 	tok := c.Connect()
 	select {
 	case <-tok.Done():
@@ -130,14 +131,26 @@ func (s *Session) serve(ctx context.Context, downSince time.Time) result {
 	}
 
 	f := newForwarder(s, c)
-	done := make(chan error, 2)
-	go func() { done <- f.run(cctx, cancel) }()
-	go func() { done <- s.intake(cctx, cancel, c2d) }()
-	ferr := <-done
-	if ferr != nil {
-		cancel(ferr)
+	parts := []func() error{
+		func() error { return f.run(cctx, cancel) },
+		func() error { return s.intake(cctx, cancel, c2d) },
 	}
-	<-done
+	if tw != nil {
+		parts = append(parts, func() error { return tw.run(cctx) })
+	}
+	done := make(chan error, len(parts))
+	for _, run := range parts {
+		go func() { done <- run() }()
+	}
+	// Any part's error ends the connection (the first cause stands); a
+	// part that ends without one (a twin loop with no twin) leaves the
+	// others running.
+	for range parts {
+		if err := <-done; err != nil {
+			cancel(err)
+		}
+	}
+	tw.wait()
 	f.releaseAll()
 	lasted := time.Since(up)
 	cause := context.Cause(cctx)

@@ -146,6 +146,7 @@ func (f *Fleet) queueFor(id string) (*devQueue, error) {
 		}
 		o.TLS.CertFile, o.TLS.KeyFile = "", "" // a leaf signs in with its SAS, not the gateway's certificate
 		o.Logger = f.opt.Logger.With("device", id)
+		o.twins = f.opt.Twins
 	}
 	dq := &devQueue{f: f, avail: make(chan struct{}, 1), out: map[uint64]ent{}}
 	s, err := New(o, dq)

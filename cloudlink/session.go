@@ -33,6 +33,9 @@ type Session struct {
 	rng     func() float64 // [0,1); replaced in tests
 	// serveFn is s.serve: one connection, start to end; replaced in tests.
 	serveFn func(ctx context.Context, downSince time.Time) result
+	// twinWake has a value when the leaf's twin has reported patches to
+	// sync (twin.go).
+	twinWake chan struct{}
 }
 
 // Status is a snapshot of a session's state.
@@ -88,6 +91,7 @@ func New(opt Options, q queue) (*Session, error) {
 	s := &Session{opt: o, q: q, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol), dedupe: newRecentIDs(4096)}
 	s.rng = randFloat
 	s.serveFn = s.serve
+	s.twinWake = make(chan struct{}, 1)
 	s.st.Protocol = o.Protocol
 	s.st.Since = time.Now()
 	if o.Protocol == ProtocolNone {

@@ -77,7 +77,9 @@ type Gateway struct {
 	ledger *commands.Ledger
 	twins  *twins.Manager
 	dtwins *devTwins // the adapter devices' side of twins
-	http   *http.Server
+	// twinCloud is the link that syncs the twins upstream, once it runs.
+	twinCloud atomic.Pointer[cloudlink.Fleet]
+	http      *http.Server
 	// httpToken is http.token_file's token (nil: none), read by startHTTP.
 	httpToken []byte
 
@@ -161,6 +163,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		g.link = link
+		if f, ok := link.(*cloudlink.Fleet); ok {
+			g.twinCloud.Store(f)
+		}
 		wg.Go(func() {
 			if err := link.Run(ctx); err != nil && ctx.Err() == nil {
 				g.fail("cloudlink", err)
@@ -238,6 +243,9 @@ func (g *Gateway) linkOptions() (cloudlink.Options, error) {
 		return opt, err
 	}
 	opt.DeviceKeys = keys
+	if g.twins != nil {
+		opt.Twins = g.twins
+	}
 	for _, d := range g.cfg.Devices {
 		opt.Leaves = append(opt.Leaves, d.ID)
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/outpost-iot/outpost/cloudlink"
 	"github.com/outpost-iot/outpost/gateway/hub"
 	"github.com/outpost-iot/outpost/gateway/twins"
 	"github.com/outpost-iot/outpost/store"
@@ -25,9 +26,22 @@ func (g *Gateway) newTwins(q *store.Queue) (*twins.Manager, error) {
 			h := g.hub()
 			return h != nil && h.Subscribed(device, filter)
 		},
+		Cloud:  twinCloud{g},
 		Logger: g.log.With("part", "twins"),
 	})
 }
+
+// twinCloud tells the cloud link, once it runs, of reported patches to
+// sync; the link also takes them on every connect.
+type twinCloud struct{ g *Gateway }
+
+func (c twinCloud) ReportedPending(device string) {
+	if f := c.g.twinCloud.Load(); f != nil {
+		f.ReportedPending(device)
+	}
+}
+
+var _ cloudlink.Twins = (*twins.Manager)(nil)
 
 // twinDevice reports whether id is a hub client that is a device (not an
 // observer or an operator): those have twins.

@@ -27,8 +27,10 @@
 // (TakeReported, in order, one batch in flight), sends them and drops them
 // (ReportedDone) once IoT Hub has acknowledged; desired patches from the
 // cloud go to PatchDesired with IoT Hub's $version, and a full desired
-// section fetched after a reconnect to ReplaceDesired. Nothing syncs
-// upstream yet: pending patches wait, durably, for that link.
+// section fetched after a reconnect to ReplaceDesired. With cloud
+// identity per-device the cloud link does this over each leaf's own IoT
+// Hub connection (cloudlink.Twins); otherwise pending patches wait,
+// durably, in the store.
 //
 // # Devices the gateway answers for
 //

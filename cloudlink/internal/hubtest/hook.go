@@ -127,6 +127,10 @@ func (k *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if cl.Net.Inline {
 		return pk, nil
 	}
+	if ok, _ := isTwinOrMethod(pk.TopicName); ok {
+		k.h.twinOrMethod(cl, pk.TopicName, pk.Payload)
+		return pk, nil
+	}
 	dev, ps, err := msg.ParseEventsTopic(pk.TopicName)
 	if err != nil {
 		return pk, packets.ErrRejectPacket // checked in OnPacketRead already

@@ -8,20 +8,27 @@
 //     signature is checked with the device's key (or a shared access policy
 //     key, skn), sr = {host}/devices/{id}, not expired. A failed check is
 //     refused with CONNACK "bad username or password".
+//
 //   - The connection is severed when its token expires (IoT Hub has no
 //     in-band re-authentication over MQTT 3.1.1).
+//
 //   - PUBLISH only to devices/{id}/messages/events/[{bag}] of the connected
-//     device, QoS 0 or 1, at most 256 KB (body plus property names and
-//     values); QoS 2, another topic or an oversized message drop the
+//     device, or to the twin and method requests (twin.go), QoS 0 or 1,
+//     at most 256 KB (body plus property names and values); QoS 2, another topic or an oversized message drop the
 //     connection (IoT Hub reports errors that way over MQTT).
+//
 //   - SUBSCRIBE only to the device's own documented topics; QoS 2 is granted
 //     as QoS 1; anything else drops the connection.
+//
 //   - C2D: SendC2D publishes on devices/{id}/messages/devicebound/{bag} at
 //     QoS 1 and counts the device's PUBACKs (IoT Hub completes a C2D message
 //     on its PUBACK).
 //
-// It is not IoT Hub: no throttling, quotas, feedback or twins, and it was
-// written from documentation, not checked against the real service.
+//   - Device twins and direct methods as twin.go describes, with IoT Hub's
+//     status codes, $rid, $version, size limits and (Throttle) 429.
+//
+// It is not IoT Hub: no quotas or feedback, throttling only on request,
+// and it was written from documentation, not checked against the real service.
 package hubtest
 
 import (
@@ -46,6 +53,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/outpost-iot/outpost/gateway/hub"
+	"github.com/outpost-iot/outpost/gateway/iothub"
 	"github.com/outpost-iot/outpost/gateway/msg"
 )
 
@@ -108,6 +116,14 @@ type Hub struct {
 	c2dQueue map[string][]c2dMsg
 	done     map[string]bool // device + "/" + $.mid completed
 	nextMid  int
+
+	// Twins and direct methods (twin.go).
+	twins     map[string]*iothub.Twin
+	reported  map[string][]iothub.Patch // applied reported patches, in order
+	twinReqs  map[twinReq]int
+	throttled bool
+	methods   map[string]chan iothub.MethodResult // device + "\x00" + $rid → the caller
+	nextRID   int
 }
 
 type c2dMsg struct {
@@ -124,7 +140,9 @@ func Start(opt Options) (*Hub, error) {
 		opt.Now = time.Now
 	}
 	h := &Hub{opt: opt, changed: make(chan struct{}), expiry: map[*mqtt.Client]*time.Timer{}, completed: map[string]int{},
-		c2dQueue: map[string][]c2dMsg{}, done: map[string]bool{}}
+		c2dQueue: map[string][]c2dMsg{}, done: map[string]bool{},
+		twins: map[string]*iothub.Twin{}, reported: map[string][]iothub.Patch{}, twinReqs: map[twinReq]int{},
+		methods: map[string]chan iothub.MethodResult{}}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1
 	caps.RetainAvailable = 0
@@ -441,6 +459,9 @@ func (h *Hub) checkSAS(id, token string) (time.Time, error) {
 func (h *Hub) checkPublish(id string, pk packets.Packet) error {
 	if pk.FixedHeader.Qos > 1 {
 		return fmt.Errorf("PUBLISH with QoS %d", pk.FixedHeader.Qos)
+	}
+	if ok, err := isTwinOrMethod(pk.TopicName); ok {
+		return err
 	}
 	dev, ps, err := msg.ParseEventsTopic(pk.TopicName)
 	if err != nil || dev != id {
