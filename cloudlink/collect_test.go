@@ -145,6 +145,54 @@ func (col *collector) seenCount() map[string]bool {
 	return maps.Clone(col.seen)
 }
 
+// waitAll waits until every seq in want has arrived, packs unpacked by
+// payload (a pack sent again with other companions has another $.mid, so
+// counting $.mid values would overcount), or timeout passed. The loss, if
+// any, is verify's to report.
+func (col *collector) waitAll(want map[string][]uint64, payloads map[uint64]string, timeout time.Duration) {
+	seqOf := make(map[string]uint64, len(payloads))
+	for seq, p := range payloads {
+		seqOf[p] = seq
+	}
+	deadline := time.After(timeout)
+	for {
+		col.mu.Lock()
+		got, w := append([]delivery(nil), col.got...), col.wake
+		col.mu.Unlock()
+		have := map[uint64]bool{}
+		for _, d := range got {
+			if _, ok := d.props.Get(PropPack); !ok {
+				have[d.seq] = true
+				continue
+			}
+			var elems []json.RawMessage
+			if json.Unmarshal([]byte(d.payload), &elems) == nil {
+				for _, e := range elems {
+					if seq, ok := seqOf[string(e)]; ok {
+						have[seq] = true
+					}
+				}
+			}
+		}
+		missing := 0
+		for _, seqs := range want {
+			for _, s := range seqs {
+				if !have[s] {
+					missing++
+				}
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		select {
+		case <-w:
+		case <-deadline:
+			return
+		}
+	}
+}
+
 // settle waits until n distinct $.mid values have arrived or timeout passed,
 // and reports whether they did.
 func (col *collector) settle(n int, timeout time.Duration) bool {

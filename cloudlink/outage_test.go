@@ -130,7 +130,7 @@ func TestOutageProxyCut(t *testing.T) {
 			}
 			want, payloads, n := prod.finish()
 			waitDrained(t, q, 20*time.Second)
-			col.waitUnique(n, 10*time.Second)
+			col.waitAll(want, payloads, 10*time.Second)
 			dups := col.verify(want, payloads, strict)
 			st := s.Status()
 			t.Logf("%d messages, %d duplicates, %d outages, %d resent, %d connections", n, dups, st.Outages, st.Resent, px.Accepts())
