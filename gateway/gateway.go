@@ -185,6 +185,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	if g.link != nil {
 		wg.Go(func() { g.watchLink(ctx) })
 	}
+	wg.Go(func() { g.watchLosses(ctx, q, g.cfg.Store) })
 	wg.Go(func() {
 		if err := g.ledger.Run(ctx); err != nil {
 			g.fail("commands", err)
