@@ -189,3 +189,28 @@ func TestGapReportAzure(t *testing.T) {
 	}
 	checkGaps(t, q, ds, "gw-01", 200, 1)
 }
+
+// Under identity per-device the gateway's own connection sends the report;
+// the leaf's records go on the leaf's.
+func TestGapReportFleet(t *testing.T) {
+	pki := makePKI(t, t.TempDir())
+	hub := startHub(t, pki, map[string]string{"gw-01": testGWKey, "leaf-1": testLeaf1Key})
+	q := overflow(t, 200)
+	l, err := Open(fastRetry(Options{Config: Config{Protocol: ProtocolAzure, URL: "mqtts://" + hub.Addr(), Host: testHubHost,
+		DeviceID: "gw-01", SharedAccessKey: testGWKey, Identity: IdentityPerDevice, TLS: TLSConfig{CAFile: pki.ca}},
+		GatewayID: "gw-01", DeviceKeys: map[string]string{"leaf-1": testLeaf1Key}, Logger: testLogger(t)}), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runSession(t, l)
+	waitGaps(t, l, q, 1)
+	stop()
+	var ds []seen
+	for _, d := range hub.D2C() {
+		ds = append(ds, seen{d.Device, d.Props, d.Payload})
+		if typ, _ := d.Props.Get(msg.PropType); typ != "gap" && d.Device != "leaf-1" {
+			t.Errorf("leaf record on %q's connection: %s", d.Device, d.Topic)
+		}
+	}
+	checkGaps(t, q, ds, "gw-01", 200, 1)
+}
