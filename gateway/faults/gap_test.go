@@ -213,6 +213,9 @@ func TestGapDropOldest(t *testing.T) {
 	r.awaitReported()
 	u := r.upstream()
 	u.check(t, 600, "dropped")
+	if n := r.g.metric("outpost_link_gap_reports_total"); n != float64(len(u.gaps)) {
+		t.Errorf("outpost_link_gap_reports_total %v, want %d", n, len(u.gaps))
+	}
 	if d := r.g.status().Queue.Dropped; logged(r.g.proc.Output(), dropMsg) != d {
 		t.Errorf("log counts %d dropped, the store %d", logged(r.g.proc.Output(), dropMsg), d)
 	}
