@@ -153,6 +153,10 @@ func (f *Fleet) queueFor(id string) (*devQueue, error) {
 	if err != nil {
 		return nil, err
 	}
+	if id == "" {
+		// The gateway's connection reports the store's gaps.
+		s.gaps, _ = f.q.(gapQueue)
+	}
 	f.devs[id], f.sessions[id] = dq, s
 	if f.runCtx != nil {
 		f.start(s)
@@ -270,6 +274,7 @@ func (f *Fleet) Status() Status {
 		st.Outages += d.Outages
 		st.Forwarded += d.Forwarded
 		st.Rejected += d.Rejected
+		st.Gaps += d.Gaps
 		st.Resent += d.Resent
 		st.InFlight += d.InFlight
 		st.Held += d.Held

@@ -80,6 +80,9 @@ func (f *forwarder) run(ctx context.Context, cancel context.CancelCauseFunc) err
 	if f.pk != nil {
 		f.s.wg.Go(func() { f.pk.tick(ctx) })
 	}
+	if gq := f.s.gaps; gq != nil {
+		f.s.wg.Go(func() { f.reportGaps(ctx, gq) })
+	}
 	var err error
 	select {
 	case err = <-ackc:

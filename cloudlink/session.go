@@ -18,6 +18,7 @@ import (
 type Session struct {
 	opt  Options
 	q    queue
+	gaps gapQueue // nil: the queue reports no gaps (see reportGaps)
 	log  *slog.Logger
 	tls  *tls.Config // nil for plain TCP
 	addr string      // host:port
@@ -53,6 +54,8 @@ type Status struct {
 	Forwarded uint64
 	// Rejected counts records sent to dead letters (e.g. over the size cap).
 	Rejected uint64
+	// Gaps counts gap reports (type=gap) acknowledged upstream.
+	Gaps uint64
 	// Resent counts records released after a lost connection, to be sent again.
 	Resent uint64
 	// InFlight is the number of publishes awaiting their PUBACK.
@@ -89,6 +92,7 @@ func New(opt Options, q queue) (*Session, error) {
 		return nil, fmt.Errorf("%w: nil queue", ErrOptions)
 	}
 	s := &Session{opt: o, q: q, log: o.Logger.With("part", "cloudlink", "protocol", o.Protocol), dedupe: newRecentIDs(4096)}
+	s.gaps, _ = q.(gapQueue)
 	s.rng = randFloat
 	s.serveFn = s.serve
 	s.twinWake = make(chan struct{}, 1)

@@ -197,6 +197,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	wg.Go(func() { g.monitorProgress(ctx) })
 	wg.Go(func() { g.dtwins.run(ctx) })
+	wg.Go(func() { g.watchLosses(ctx, q, g.cfg.Store) })
 	wg.Go(func() {
 		if err := g.ledger.Run(ctx); err != nil {
 			g.fail("commands", err)

@@ -40,6 +40,7 @@ var (
 	dLinkUp        = desc("link_up", "1 while the cloud link is connected.")
 	dLinkOutages   = desc("link_outages_total", "Cloud link outages.")
 	dLinkForwarded = desc("link_forwarded_total", "Records acknowledged upstream.")
+	dLinkGaps      = desc("link_gap_reports_total", "Gap reports (type=gap: records dropped or expired in the store) acknowledged upstream.")
 	dLinkInflight  = desc("link_inflight", "Publishes awaiting their upstream PUBACK.")
 	dLinkDevUp     = desc("link_device_up", "1 while the device's own IoT Hub connection is up (identity per-device).", "device")
 	dLinkParked    = desc("link_device_parked", "Records waiting in the store for the device's own connection (identity per-device).", "device")
@@ -55,7 +56,7 @@ type gatewayCollector struct{ g *Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dHealthy, dProduced, dStored, dHubConnected, dHubReceived, dHubStored,
-		dHubRefused, dHubAuthFail, dHubACLDenied, dHubPanics, dLinkUp, dLinkOutages, dLinkForwarded,
+		dHubRefused, dHubAuthFail, dHubACLDenied, dHubPanics, dLinkUp, dLinkOutages, dLinkForwarded, dLinkGaps,
 		dLinkInflight, dLinkDevUp, dLinkParked, dDrainLeft, dDrainRate, dDrainETA, dDevUp, dDevReadings, dCommands} {
 		ch <- d
 	}
@@ -90,6 +91,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		m(dLinkUp, prometheus.GaugeValue, b(l.Connected))
 		m(dLinkOutages, prometheus.CounterValue, float64(l.Outages))
 		m(dLinkForwarded, prometheus.CounterValue, float64(l.Forwarded))
+		m(dLinkGaps, prometheus.CounterValue, float64(l.Gaps))
 		m(dLinkInflight, prometheus.GaugeValue, float64(l.InFlight))
 		m(dDrainLeft, prometheus.GaugeValue, float64(l.Drain.Remaining))
 		m(dDrainRate, prometheus.GaugeValue, l.Drain.Rate)
