@@ -321,13 +321,20 @@ func (m *Manager) PatchReported(ctx context.Context, device string, body []byte)
 		t.mu.Unlock()
 		return 0, err
 	}
+	return m.applyReported(ctx, device, t, p)
+}
+
+// applyReported applies p to device's reported section and its pending
+// patches, makes it durable, unlocks t (locked by the caller) and tells
+// the cloud; it returns the new reported $version.
+func (m *Manager) applyReported(ctx context.Context, device string, t *twin, p iothub.Patch) (int64, error) {
 	d := t.d
 	if err := d.Reported.Apply(p); err != nil {
 		t.mu.Unlock()
 		return 0, err
 	}
 	d.Pending = pendingPlus(d.Pending, p)
-	err = m.put(ctx, device, t, d)
+	err := m.put(ctx, device, t, d)
 	v := t.d.Reported.Version
 	t.mu.Unlock()
 	if err != nil {
@@ -513,22 +520,7 @@ func (m *Manager) Report(ctx context.Context, device string, p iothub.Patch) (in
 	if err != nil {
 		return 0, err
 	}
-	d := t.d
-	if err := d.Reported.Apply(p); err != nil {
-		t.mu.Unlock()
-		return 0, err
-	}
-	d.Pending = pendingPlus(d.Pending, p)
-	err = m.put(ctx, device, t, d)
-	v := t.d.Reported.Version
-	t.mu.Unlock()
-	if err != nil {
-		return 0, err
-	}
-	if m.opt.Cloud != nil {
-		m.opt.Cloud.ReportedPending(device)
-	}
-	return v, nil
+	return m.applyReported(ctx, device, t, p)
 }
 
 // Subscribed is called when device's leaf subscribes to desired updates
