@@ -86,6 +86,7 @@ hub:
   listen: 0.0.0.0:1883
 http:
   listen: 0.0.0.0:9180
+  token_file: /boot/firmware/api.token
 cloud:
   protocol: mqtt
   url: mqtt://10.0.2.100:1883
@@ -103,6 +104,13 @@ devices:
 		t.Fatal(err)
 	}
 	run(t, "mcopy", "-i", img+"@@4M", cfgFile, "::outpost.yaml")
+	// An API reachable off loopback needs a bearer token: the user puts it
+	// beside the config.
+	tokFile := filepath.Join(work, "api.token")
+	if err := os.WriteFile(tokFile, []byte("arm-gw-api-token-0123456789\r\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mcopy", "-i", img+"@@4M", tokFile, "::api.token")
 
 	sockDir, err := os.MkdirTemp("", "oqa")
 	if err != nil {
