@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -285,21 +286,53 @@ func TestTruncateIsCached(t *testing.T) {
 
 // A file written through a shared mapping, the way Badger writes its
 // memtable log: msync(MS_SYNC) makes the pages durable, pages written
-// after it are lost in a cut.
+// after it are lost in a cut. The mapping is made by a child process: page
+// writeback of a mapping holds its process's memory lock, which the FUSE
+// server, in this process, may need.
 func TestMmapMsync(t *testing.T) {
 	f := mount(t)
 	p := filepath.Join(f.Dir(), "wal")
-	h, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	write(t, p, nil, true)
+	syncDir(t, f.Dir())
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMmapChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "LAZYFS_MMAP_CHILD="+p)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mmap child: %v\n%s", err, out)
+	}
+	if got := content(t, p); len(got) != mmapSize || !bytes.HasPrefix(got[2*4096:], []byte("unsynced page")) {
+		t.Fatalf("the mapped write is not visible through the mount: %d bytes", len(got))
+	}
+	if st := f.Stats(); st.Fsyncs < 2 {
+		t.Errorf("msync(MS_SYNC) reached no fsync: %+v", st)
+	}
+	cut(t, f, lazyfs.CutOptions{})
+	got := content(t, filepath.Join(f.Backing(), "wal"))
+	if len(got) != mmapSize || !bytes.HasPrefix(got, []byte("synced page")) {
+		t.Fatalf("after the cut the log is %d bytes starting %q, want %d starting %q", len(got), got[:min(len(got), 16)], mmapSize, "synced page")
+	}
+	if !bytes.Equal(got[2*4096:3*4096], make([]byte, 4096)) {
+		t.Errorf("a mapped page never msynced survived the cut: %q", got[2*4096:2*4096+16])
+	}
+}
+
+const mmapSize = 4 * 4096
+
+// TestMmapChild is TestMmapMsync's child process; it does nothing unless
+// LAZYFS_MMAP_CHILD names the file to map.
+func TestMmapChild(t *testing.T) {
+	p := os.Getenv("LAZYFS_MMAP_CHILD")
+	if p == "" {
+		return
+	}
+	h, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	syncDir(t, f.Dir())
-	const size = 4 * 4096
-	if err := h.Truncate(size); err != nil {
+	if err := h.Truncate(mmapSize); err != nil {
 		t.Fatal(err)
 	}
-	m, err := unix.Mmap(int(h.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	m, err := unix.Mmap(int(h.Fd()), 0, mmapSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,20 +343,6 @@ func TestMmapMsync(t *testing.T) {
 	copy(m[2*4096:], "unsynced page")
 	if err := unix.Munmap(m); err != nil { // the kernel writes the page back, without a sync
 		t.Fatal(err)
-	}
-	if got := content(t, p); !bytes.HasPrefix(got[2*4096:], []byte("unsynced page")) {
-		t.Fatalf("the mapped write is not visible through the mount: %q", got[2*4096:2*4096+16])
-	}
-	if st := f.Stats(); st.Fsyncs == 0 {
-		t.Errorf("msync(MS_SYNC) reached no fsync: %+v", st)
-	}
-	cut(t, f, lazyfs.CutOptions{})
-	got := content(t, filepath.Join(f.Backing(), "wal"))
-	if len(got) != size || !bytes.HasPrefix(got, []byte("synced page")) {
-		t.Fatalf("after the cut the log is %d bytes starting %q, want %d starting %q", len(got), got[:min(len(got), 16)], size, "synced page")
-	}
-	if !bytes.Equal(got[2*4096:3*4096], make([]byte, 4096)) {
-		t.Errorf("a mapped page never msynced survived the cut: %q", got[2*4096:2*4096+16])
 	}
 }
 

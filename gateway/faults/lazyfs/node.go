@@ -296,7 +296,9 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	return t.EmbeddedInode(), 0
 }
 
-func (n *node) Unlink(ctx context.Context, name string) syscall.Errno { return n.remove(name, "unlink") }
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.remove(name, "unlink")
+}
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno { return n.remove(name, "rmdir") }
 
