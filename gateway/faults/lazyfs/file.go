@@ -135,11 +135,21 @@ func (f *FS) fsyncFile(ino uint64) syscall.Errno {
 		return f.checkLocked(syscall.EIO)
 	case f.faults.ReadOnly && d != nil:
 		return f.checkLocked(syscall.EROFS)
-	case d == nil:
-		return 0
 	}
-	err := d.flush()
-	f.forgetLocked(ino)
+	var err error
+	if d != nil {
+		err = d.flush()
+		f.forgetLocked(ino)
+	}
+	if err == nil && f.opts.Ordered {
+		for _, op := range f.journal {
+			if e := op.doCommit(); e != nil && err == nil {
+				err = e
+			}
+		}
+		clear(f.journal)
+		f.journal = f.journal[:0]
+	}
 	return fs.ToErrno(err)
 }
 

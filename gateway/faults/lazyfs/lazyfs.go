@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -71,9 +72,19 @@ type Stats struct {
 	TornBytes          int64 // bytes of torn writes kept by cuts
 }
 
+// Options are a mount's durability rules.
+type Options struct {
+	// Ordered makes a file's fsync also make every journaled directory
+	// change durable, as ext4 (data=ordered) does: one journal commit
+	// carries all of them. Without it the rules are POSIX's: only an fsync
+	// of the directory makes its changes durable.
+	Ordered bool
+}
+
 // FS is a mounted lazyfs.
 type FS struct {
 	backing, mnt string
+	opts         Options
 
 	mu      sync.Mutex
 	server  *fuse.Server
@@ -84,6 +95,7 @@ type FS struct {
 	faults  Faults
 	stats   Stats
 	graveN  int
+	undone  []string // what the last cut undid
 }
 
 // lastWrite is the most recent write not yet synced, for a torn cut.
@@ -95,8 +107,8 @@ type lastWrite struct {
 
 // Mount serves backing at mnt (both existing directories) and returns once
 // the mount is up.
-func Mount(backing, mnt string) (*FS, error) {
-	f := &FS{backing: backing, mnt: mnt}
+func Mount(backing, mnt string, o Options) (*FS, error) {
+	f := &FS{backing: backing, mnt: mnt, opts: o}
 	if err := f.mount(); err != nil {
 		return nil, err
 	}
@@ -154,6 +166,13 @@ func (f *FS) Stats() Stats {
 	return f.stats
 }
 
+// Undone lists the directory changes the last cut undid, latest first.
+func (f *FS) Undone() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.undone)
+}
+
 // Cut loses power: unsynced data and directory changes are dropped (keeping
 // a torn write if o asks for one), the backing directory is left holding
 // what was synced, and the mount fails every operation with EIO until
@@ -185,8 +204,10 @@ func (f *FS) Cut(o CutOptions) error {
 		delete(f.dirty, ino)
 	}
 	f.last = nil
+	f.undone = f.undone[:0]
 	for i := len(f.journal) - 1; i >= 0; i-- {
 		f.stats.UndoneOps++
+		f.undone = append(f.undone, f.journal[i].what)
 		if err := f.journal[i].undo(); err != nil && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("undo %s: %w", f.journal[i].what, err))
 		}

@@ -18,7 +18,9 @@ import (
 // mount serves a fresh backing dir and unmounts it at cleanup. Without root
 // or /dev/fuse the test is skipped, and fails under CI=true, where a skip
 // would hide it.
-func mount(t *testing.T) *lazyfs.FS {
+func mount(t *testing.T) *lazyfs.FS { return mountWith(t, lazyfs.Options{}) }
+
+func mountWith(t *testing.T, o lazyfs.Options) *lazyfs.FS {
 	t.Helper()
 	why := ""
 	if os.Geteuid() != 0 {
@@ -39,7 +41,7 @@ func mount(t *testing.T) *lazyfs.FS {
 			t.Fatal(err)
 		}
 	}
-	f, err := lazyfs.Mount(backing, mnt)
+	f, err := lazyfs.Mount(backing, mnt, o)
 	if err != nil {
 		if os.Getenv("CI") != "true" && os.IsNotExist(err) {
 			t.Skipf("skipped: %v", err)
@@ -171,6 +173,24 @@ func TestCreateWithoutDirSyncIsLost(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(f.Backing()); len(ents) != 0 {
 		t.Errorf("backing dir after the cut: %v, want empty", ents)
+	}
+}
+
+// With Ordered, a file's fsync makes the directory changes before it
+// durable, as ext4's journal does.
+func TestOrderedFsyncCommitsCreate(t *testing.T) {
+	f := mountWith(t, lazyfs.Options{Ordered: true})
+	if err := os.MkdirAll(filepath.Join(f.Dir(), "d", "e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(f.Dir(), "d", "e", "new"), []byte("x"), true)
+	write(t, filepath.Join(f.Dir(), "d", "later"), []byte("y"), false)
+	cut(t, f, lazyfs.CutOptions{})
+	if got := content(t, filepath.Join(f.Backing(), "d", "e", "new")); string(got) != "x" {
+		t.Errorf("ordered: a fsynced new file is %q after the cut", got)
+	}
+	if got := content(t, filepath.Join(f.Backing(), "d", "later")); got != nil {
+		t.Errorf("ordered: a file created after the last fsync survived the cut: %q", got)
 	}
 }
 
