@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-iot/outpost/gateway/faults/lazyfs"
+	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
 

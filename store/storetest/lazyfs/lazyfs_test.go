@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/outpost-iot/outpost/gateway/faults/lazyfs"
+	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 )
 
 // mount serves a fresh backing dir and unmounts it at cleanup. Without root
