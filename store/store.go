@@ -17,6 +17,7 @@ import (
 
 	"github.com/outpost-iot/outpost/gateway/msg"
 	"github.com/outpost-iot/outpost/store/internal/damage"
+	"github.com/outpost-iot/outpost/store/internal/dirsync"
 	"github.com/outpost-iot/outpost/store/internal/metrics"
 )
 
@@ -62,10 +63,11 @@ type Queue struct {
 	failed         error         // set by fail: every write fails with it
 
 	// trimmer (see trim.go)
-	trimAsk      chan struct{} // cap 1; nil when trimming is off
-	trimDir      string        // dir, absolute, symlinks resolved
-	trimOff      atomic.Bool   // the kernel cannot page out
-	touchedBytes atomic.Int64  // written or read since the last trim
+	trimAsk      chan struct{}  // cap 1; nil when trimming is off
+	trimDir      string         // dir, absolute, symlinks resolved
+	dirs         dirsync.Syncer // nil when read-only; synced after every commit
+	trimOff      atomic.Bool    // the kernel cannot page out
+	touchedBytes atomic.Int64   // written or read since the last trim
 
 	gcAsk     chan struct{} // cap 1: run value-log GC (see gcLoop)
 	gcmu      sync.Mutex    // held by the writer's commits and by value-log GC: Badger's GC reads the memtable's version unsynchronised
@@ -100,13 +102,17 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 	if dataDir == "" {
 		return nil, errors.New("store: empty data dir")
 	}
+	top := dirsync.Existing(dataDir)
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	dir := filepath.Join(dataDir, "queue")
 	q, err := open(dir, opt, false, false)
-	if err == nil || !damage.Is(err) {
-		return q, err
+	if err == nil {
+		return q.durableTree(top)
+	}
+	if !damage.Is(err) {
+		return nil, err
 	}
 	qdir, qerr := damage.Quarantine(dataDir, dir)
 	if qerr != nil {
@@ -120,6 +126,18 @@ func Open(dataDir string, opt Options) (*Queue, error) {
 	}
 	q.quarantined = qdir
 	q.met.Quarantined.Set(1)
+	return q.durableTree(top)
+}
+
+// durableTree syncs the store's directory and every directory above it up
+// to top, the deepest one that existed before Open, so that the tree Open
+// created (and a quarantine's rename) survives a power cut. It closes q if
+// that fails.
+func (q *Queue) durableTree(top string) (*Queue, error) {
+	if err := dirsync.Chain(q.dir, top); err != nil {
+		q.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	return q, nil
 }
 
@@ -224,6 +242,10 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 	}
 	q.pub = q.m
 	if !readOnly {
+		if q.dirs, err = dirsync.Watch(dir); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: %w", err)
+		}
 		q.bg.Add(2)
 		go q.writeLoop()
 		go q.gcLoop()
@@ -274,6 +296,9 @@ func (q *Queue) Close() error {
 		q.dbmu.Lock() // no reader is in a Badger transaction from here on
 		q.closeErr = q.db.Close()
 		q.dbmu.Unlock()
+		if q.dirs != nil {
+			q.dirs.Close()
+		}
 		if q.closeErr == nil && !q.readOnly && q.failure() == nil {
 			q.closeErr = damage.WriteClean(q.dir, q.m.NextSeq, q.m.CmdSeq)
 		}

@@ -285,6 +285,11 @@ func (q *Queue) commit(ops []*op) error {
 		if err == nil && q.opt.commitHook != nil {
 			err = q.opt.commitHook()
 		}
+		if err == nil {
+			// A commit that started a new log file is durable only once
+			// the directory naming that file is.
+			err = q.dirs.Sync()
+		}
 		if err != nil {
 			q.fail(err)
 		}

@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,43 +11,6 @@ import (
 	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 	"github.com/outpost-iot/outpost/gateway/peertest"
 )
-
-// lazyMount mounts a lazyfs over a fresh backing dir and unmounts it at
-// cleanup. Call it before starting the gateway, so the gateway is killed
-// (its cleanup runs first) before the unmount. Without root or /dev/fuse
-// the test is skipped, and fails under CI=true, where a skip would hide it.
-func lazyMount(t *testing.T, o lazyfs.Options) *lazyfs.FS {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "the power-cut file system (lazyfs) mounts with mount(2) and needs root"
-	} else if _, err := os.Stat("/dev/fuse"); err != nil {
-		why = "the power-cut file system (lazyfs) needs /dev/fuse: " + err.Error()
-	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why + "; CI must run this test")
-		}
-		t.Skip("skipped: " + why)
-	}
-	dir := t.TempDir()
-	backing, mnt := filepath.Join(dir, "backing"), filepath.Join(dir, "mnt")
-	for _, d := range []string{backing, mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fsys, err := lazyfs.Mount(backing, mnt, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := fsys.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	return fsys
-}
 
 // powerCut loses power under the running gateway: the file system drops
 // everything not synced (keeping a torn prefix of the last write when torn
@@ -104,7 +66,7 @@ func TestCrashPowerCut(t *testing.T) {
 
 func powerCutRounds(t *testing.T, o lazyfs.Options, rules string) {
 	r := rng(t)
-	fsys := lazyMount(t, o)
+	fsys := lazyfs.ForTest(t, o)
 	up := peertest.StartMosquitto(t)
 	link := peertest.StartProxy(t, up.Addr)
 	l := NewLedger()

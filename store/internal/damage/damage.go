@@ -290,7 +290,7 @@ func WriteClean(dir string, nextSeq, cmdSeq uint64) error {
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	return nil
+	return syncDir(dir)
 }
 
 // CheckClean compares the clean-close mark in dir, if any, with the

@@ -20,41 +20,7 @@ import (
 // would hide it.
 func mount(t *testing.T) *lazyfs.FS { return mountWith(t, lazyfs.Options{}) }
 
-func mountWith(t *testing.T, o lazyfs.Options) *lazyfs.FS {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "lazyfs mounts with mount(2) and needs root"
-	} else if _, err := os.Stat("/dev/fuse"); err != nil {
-		why = "lazyfs needs /dev/fuse: " + err.Error()
-	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why + "; CI must run this test")
-		}
-		t.Skip("skipped: " + why)
-	}
-	dir := t.TempDir()
-	backing, mnt := filepath.Join(dir, "backing"), filepath.Join(dir, "mnt")
-	for _, d := range []string{backing, mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f, err := lazyfs.Mount(backing, mnt, o)
-	if err != nil {
-		if os.Getenv("CI") != "true" && os.IsNotExist(err) {
-			t.Skipf("skipped: %v", err)
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := f.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	return f
-}
+func mountWith(t *testing.T, o lazyfs.Options) *lazyfs.FS { return lazyfs.ForTest(t, o) }
 
 func write(t *testing.T, path string, data []byte, sync bool) {
 	t.Helper()
