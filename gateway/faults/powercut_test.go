@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 	"github.com/outpost-iot/outpost/gateway/peertest"
+	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 )
 
 // powerCut loses power under the running gateway: the file system drops
@@ -123,4 +123,3 @@ func powerCutRounds(t *testing.T, o lazyfs.Options, rules string) {
 	}
 	checkLedger(t, l.Report(fmt.Sprintf("outpost power cut ×%d (%s)", n, rules)), 2)
 }
-
