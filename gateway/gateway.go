@@ -168,6 +168,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 		wg.Go(func() {
 			if err := link.Run(ctx); err != nil && ctx.Err() == nil {
+				if q.Failed() != nil {
+					return // watchStore ends the run, after reporting it
+				}
 				g.fail("cloudlink", err)
 				cancel(fmt.Errorf("gateway: cloud link: %w", err))
 			}
@@ -196,6 +199,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		wg.Go(func() { g.watchLink(ctx) })
 	}
 	wg.Go(func() { g.monitorProgress(ctx) })
+	wg.Go(func() { g.watchStore(ctx, q, cancel) })
 	wg.Go(func() { g.dtwins.run(ctx) })
 	wg.Go(func() { g.watchLosses(ctx, q, g.cfg.Store) })
 	wg.Go(func() {

@@ -72,7 +72,9 @@ func (g *Gateway) problems() []string {
 		if dir := g.queue.Quarantined(); dir != "" {
 			ps = append(ps, "store: corrupt store quarantined to "+dir)
 		}
-		if d := g.queue.Damaged(); d != "" { // not Stats(): that reads the store
+		if err := g.queue.Failed(); err != nil {
+			ps = append(ps, "store: a write or sync failed; nothing is acknowledged until a restart reopens the store: "+err.Error())
+		} else if d := g.queue.Damaged(); d != "" { // not Stats(): that reads the store
 			ps = append(ps, "store: damaged blocks found after open: "+d)
 		}
 	}
@@ -120,7 +122,9 @@ func (g *Gateway) routes() http.Handler {
 // /healthz it ignores conditions a restart cannot fix and would only hide:
 // an unreachable cloud (the queue holds the data) and a store quarantined
 // at open (the fresh store works; the quarantine is reported until a human
-// looks).
+// looks). A store whose write or sync failed is not alive: it acknowledges
+// nothing more, and the restart the watchdog makes reopens it from what is
+// really on disk.
 func (g *Gateway) Alive() error {
 	g.mu.Lock()
 	var errs []error
@@ -130,6 +134,11 @@ func (g *Gateway) Alive() error {
 	g.mu.Unlock()
 	for _, s := range g.progress.stalls() {
 		errs = append(errs, errors.New(s))
+	}
+	if g.queue != nil {
+		if err := g.queue.Failed(); err != nil {
+			errs = append(errs, fmt.Errorf("store: %w", err))
+		}
 	}
 	if addr := g.HubAddr(); addr != "" {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)

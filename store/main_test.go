@@ -14,8 +14,12 @@ func TestMain(m *testing.M) {
 		crashChild(dir, os.Getenv("STORE_CRASH_ROUND"))
 		return
 	}
+	if dir := os.Getenv("STORE_FAIL_CHILD"); dir != "" {
+		failChild(dir)
+		return
+	}
 	code := m.Run()
-	if code == 0 {
+	if code == 0 && os.Getenv("STORE_FAILSYNC_CHILD") == "" { // that child abandons a failed store
 		if leaked := leakedGoroutines(); leaked != "" {
 			fmt.Fprintln(os.Stderr, "goroutines left running after the tests:\n"+leaked)
 			code = 1

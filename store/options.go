@@ -49,6 +49,10 @@ var (
 	// Queue.Damaged): the store acknowledges nothing more until it is
 	// reopened.
 	ErrFailed = errors.New("store: failed after a write or sync error; reopen it")
+	// ErrValueLogSync is the panic value (wrapped) when a sync of the value
+	// log fails: the process stops before Badger writes past it (see
+	// badgerLogger), and the next open recovers what was synced.
+	ErrValueLogSync = errors.New("store: the value log failed to sync; stopping the process before Badger's write-ahead log points past what reached the disk (the next start recovers what was synced)")
 	// ErrReadOnly is returned by writing methods of a store opened with
 	// OpenReadOnly.
 	ErrReadOnly = errors.New("store: read-only")

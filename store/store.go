@@ -294,6 +294,18 @@ func (q *Queue) Close() error {
 		q.wmu.Unlock()
 		q.bg.Wait()
 		q.dbmu.Lock() // no reader is in a Badger transaction from here on
+		if err := q.failure(); err != nil {
+			// Badger's memtable may hold the failed batch, with pointers
+			// into value-log pages that never reached the disk; closing
+			// would flush it into a table and leave those pointers
+			// dangling for the next open. The store is abandoned as a
+			// crash would leave it, and the next open recovers what was
+			// synced. Its files stay open until the process exits, which
+			// is what a failed store asks for (see Failed).
+			q.closeErr = fmt.Errorf("store: not closed (abandoned, as after a crash, until the process exits): %w", err)
+			q.dbmu.Unlock()
+			return
+		}
 		q.closeErr = q.db.Close()
 		q.dbmu.Unlock()
 		if q.dirs != nil {
@@ -363,12 +375,32 @@ func (q *Queue) gcLoop() {
 func (q *Queue) runGC() error {
 	q.gcmu.Lock()
 	defer q.gcmu.Unlock()
+	if err := q.failure(); err != nil {
+		return err // a failed store writes nothing more
+	}
 	return q.db.RunValueLogGC(0.5)
 }
 
+// badgerLogger logs Badger's messages. One of them is a failure Badger
+// reports only in its log: with SyncWrites, a failed sync of the value log
+// is logged ("Error while curlf sync") and the write goes on, so Badger
+// writes and syncs its write-ahead log next, pointing at value-log bytes
+// that may never reach the disk; the next open would find the store
+// damaged. No error comes back to stop it, so the logger stops the process
+// there, before the write-ahead log is written (PostgreSQL's answer to a
+// failed fsync, since 2018, is the same: PANIC, then crash recovery). The
+// service manager restarts it and the store opens with what was synced.
 type badgerLogger struct{ l *slog.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(trimNL(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Errorf(f string, a ...any) {
+	m := trimNL(fmt.Sprintf(f, a...))
+	b.l.Error(m)
+	if strings.HasPrefix(m, "Error while curlf sync") {
+		b.l.Error(ErrValueLogSync.Error(), "error", m)
+		panic(fmt.Errorf("%w: %s", ErrValueLogSync, m))
+	}
+}
+
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(trimNL(fmt.Sprintf(f, a...))) }
 func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(trimNL(fmt.Sprintf(f, a...))) }
 func (b badgerLogger) Debugf(string, ...any)       {}

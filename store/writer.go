@@ -384,9 +384,16 @@ func (q *Queue) fail(err error) {
 	}
 	q.failed = fmt.Errorf("%w: %v", ErrFailed, err)
 	q.damaged = "a commit failed; nothing is acknowledged until the store is reopened: " + err.Error()
-	q.met.Damaged.Set(1)
+	q.met.Failed.Set(1)
 	q.log.Error("store: commit failed; the store stops acknowledging until it is reopened", "error", err)
 }
+
+// Failed is nil, or the error that put the store in the failed state: a
+// commit (a write or a sync) failed, so nothing more is acknowledged until
+// the store is closed and opened again, which reads what really reached
+// the disk. Unlike damage found by the checksum pass, a reopen (a restart
+// of the gateway) is the remedy.
+func (q *Queue) Failed() error { return q.failure() }
 
 // failure is the failed state's error, or nil.
 func (q *Queue) failure() error {

@@ -18,6 +18,7 @@ type Set struct {
 	DiskLow       prometheus.Counter   // batches refused for want of disk space
 	Quarantined   prometheus.Gauge     // 1 after a damaged store was moved aside
 	Damaged       prometheus.Gauge     // 1 after the checksum pass found damage
+	Failed        prometheus.Gauge     // 1 after a commit failed (see Queue.Failed)
 }
 
 // New returns a Set, registered nowhere.
@@ -44,6 +45,10 @@ func New() *Set {
 		Damaged: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outpost_store_damaged",
 			Help: "1 if the checksum pass after open found damaged blocks.",
+		}),
+		Failed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_store_failed",
+			Help: "1 if a write or sync of the store failed: nothing is acknowledged until the store is reopened.",
 		}),
 	}
 }
@@ -79,7 +84,7 @@ type Values struct {
 // Collectors returns a collector that calls read on every scrape, then the
 // Set's collectors.
 func (s *Set) Collectors(read func() Values) []prometheus.Collector {
-	return []prometheus.Collector{statsCollector{read}, s.CommitSeconds, s.BatchOps, s.DiskLow, s.Quarantined, s.Damaged}
+	return []prometheus.Collector{statsCollector{read}, s.CommitSeconds, s.BatchOps, s.DiskLow, s.Quarantined, s.Damaged, s.Failed}
 }
 
 type statsCollector struct{ read func() Values }

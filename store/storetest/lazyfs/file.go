@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -111,13 +112,13 @@ func (h *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 }
 
 func (h *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return h.n.fs.fsyncFile(h.n.ino())
+	return h.n.fs.fsyncFile(h.n.ino(), h.n.Path(nil))
 }
 
 // fsyncFile writes ino's cache to its backing file and syncs it. Under an
 // injected EIO the cache is dropped unwritten, as Linux marks pages clean
 // after a failed writeback: a retry succeeds without the lost data.
-func (f *FS) fsyncFile(ino uint64) syscall.Errno {
+func (f *FS) fsyncFile(ino uint64, path string) syscall.Errno {
 	f.delay()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -127,7 +128,7 @@ func (f *FS) fsyncFile(ino uint64) syscall.Errno {
 	f.stats.Fsyncs++
 	d := f.dirty[ino]
 	switch {
-	case f.faults.FsyncEIO:
+	case f.faults.FsyncEIO && strings.HasSuffix(path, f.faults.FsyncEIOSuffix):
 		if d != nil {
 			f.stats.DroppedBytes += d.bytes()
 			f.forgetLocked(ino)
@@ -173,7 +174,7 @@ func (f *FS) fsyncDir(ino uint64) syscall.Errno {
 		return e
 	}
 	f.stats.DirFsyncs++
-	if f.faults.FsyncEIO {
+	if f.faults.FsyncEIO && f.faults.FsyncEIOSuffix == "" {
 		return f.checkLocked(syscall.EIO)
 	}
 	return fs.ToErrno(f.syncDirLocked(ino))

@@ -46,6 +46,10 @@ const graveName = ".lazyfs-grave"
 type Faults struct {
 	WriteEIO bool // every write fails with EIO
 	FsyncEIO bool // every fsync (file or directory) fails with EIO; a file's unsynced data is lost, as on Linux
+	// FsyncEIOSuffix, with FsyncEIO, fails only the fsyncs of files whose
+	// name ends with it (directories are not failed then): one file of
+	// several written together fails to sync.
+	FsyncEIOSuffix string
 	// ENOSPC, when set, lets writes store SpaceLeft more bytes (counted
 	// from SetFaults) and fails the rest with ENOSPC.
 	ENOSPC     bool

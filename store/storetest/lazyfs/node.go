@@ -405,7 +405,7 @@ func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscal
 	if h, ok := fh.(*file); ok {
 		return h.Fsync(ctx, flags)
 	}
-	return n.fs.fsyncFile(n.ino())
+	return n.fs.fsyncFile(n.ino(), n.Path(nil))
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {

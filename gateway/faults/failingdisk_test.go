@@ -1,0 +1,117 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-iot/outpost/gateway/peertest"
+	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
+)
+
+// A disk that fails under the running gateway, four ways: EIO on every
+// write, EIO on every fsync (the page cache drops the data, as Linux does),
+// ENOSPC part-way through a batch, and a read-only remount. The rule since
+// PostgreSQL's fsyncgate: after a failed write or sync the store
+// acknowledges nothing (no PUBACK for 3.1.1 leaves, a failure reason code
+// for MQTT 5), reports it (/healthz, outpost_store_failed, one log line)
+// and does not believe a later success: it stays failed after the disk
+// heals, until a restart (the systemd watchdog's, played here by the test)
+// reopens what is really on disk. Nothing acknowledged is lost.
+func TestFaultFailingDisk(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		faults lazyfs.Faults
+	}{
+		{"write-eio", lazyfs.Faults{WriteEIO: true}},
+		{"fsync-eio", lazyfs.Faults{FsyncEIO: true}},
+		{"enospc", lazyfs.Faults{ENOSPC: true, SpaceLeft: 48 << 10}},
+		{"read-only", lazyfs.Faults{ReadOnly: true}},
+	} {
+		t.Run(c.name, func(t *testing.T) { failingDisk(t, c.faults) })
+	}
+}
+
+func failingDisk(t *testing.T, faults lazyfs.Faults) {
+	fsys := lazyfs.ForTest(t, lazyfs.Options{})
+	up := peertest.StartMosquitto(t)
+	l := NewLedger()
+	subscribe(t, up.Addr, l)
+	spec := leafSpec{paho: 2, mosq: 1, mosqV5: 1, rate: 100, window: 8, size: 256}
+	g := newGateway(t, gwConfig{cloud: up.Addr, dataDir: filepath.Join(fsys.Dir(), "data"), leaves: spec.ids()})
+	g.start()
+	ls := startLeaves(t, spec, g.hubAddr, l)
+	ls.awaitAcks(t, 100, 15*time.Second)
+
+	fsys.SetFaults(faults)
+	deadline := time.Now().Add(20 * time.Second)
+	var body string
+	for {
+		var code int
+		if code, body = g.health(); code == 503 && strings.Contains(body, "store: a write or sync failed") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the disk fails but /healthz says %d %q\n%s", code, body, g.proc.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("/healthz 503: %s", body)
+	if v := g.metric("outpost_store_failed"); v != 1 {
+		t.Errorf("outpost_store_failed = %v on a failed store, want 1", v)
+	}
+
+	// Nothing is acknowledged from now on: not while the disk fails, and
+	// not after it heals (a retried sync may "succeed" for pages the
+	// kernel already dropped).
+	time.Sleep(500 * time.Millisecond) // PUBACKs of batches committed before the failure
+	acked, refused := ls.acks(), l.Report("").Refused
+	time.Sleep(time.Second)
+	fsys.SetFaults(lazyfs.Faults{})
+	time.Sleep(1500 * time.Millisecond)
+	if n := ls.acks() - acked; n != 0 {
+		t.Errorf("%d PUBACKs from a store whose write or sync failed", n)
+	}
+	if r := l.Report("").Refused; r <= refused {
+		t.Errorf("no publish was refused while the store was failed (refused %d before, %d after)", refused, r)
+	}
+	if code, body := g.health(); code != 503 {
+		t.Errorf("/healthz %d %q after the disk healed: the store must not believe it until it is reopened", code, body)
+	}
+	if n := strings.Count(g.proc.Output(), "store: commit failed; the store stops acknowledging"); n != 1 {
+		t.Errorf("the failure was logged %d times, want once", n)
+	}
+
+	// The gateway exits by itself; its service manager (the test here,
+	// Restart=always under systemd) starts it again, which reopens the
+	// store from what reached the disk.
+	select {
+	case <-g.proc.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the gateway with a failed store did not exit:\n%s", g.proc.Output())
+	}
+	if out := g.proc.Output(); !strings.Contains(out, "gateway: store failed (a restart reopens it from what is on disk)") {
+		t.Errorf("the gateway exited without saying the store failed:\n%s", out)
+	}
+	g.launch()
+	if code, body := g.awaitHTTP(30 * time.Second); code != 200 {
+		t.Fatalf("after the restart /healthz %d %q\n%s", code, body, g.proc.Output())
+	}
+	ls.awaitAcks(t, 100, 20*time.Second)
+	ls.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.WaitDelivered(ctx, 20*time.Second); err != nil {
+		t.Error(err)
+		t.Logf("lost runs: %s", l.LostRanges())
+	}
+	st := fsys.Stats()
+	t.Logf("leaves: %s; lazyfs: %d operations failed", ls, st.Faults)
+	if st.Faults == 0 {
+		t.Error("lazyfs failed no operation: the run proves nothing")
+	}
+	checkLedger(t, l.Report(fmt.Sprintf("outpost failing disk %+v", faults)), 3)
+}
