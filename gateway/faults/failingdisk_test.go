@@ -9,17 +9,20 @@ import (
 	"time"
 
 	"github.com/outpost-iot/outpost/gateway/peertest"
+	"github.com/outpost-iot/outpost/store"
 	"github.com/outpost-iot/outpost/store/storetest/lazyfs"
 )
 
-// A disk that fails under the running gateway, four ways: EIO on every
-// write, EIO on every fsync (the page cache drops the data, as Linux does),
-// ENOSPC part-way through a batch, and a read-only remount. The rule since
-// PostgreSQL's fsyncgate: after a failed write or sync the store
-// acknowledges nothing (no PUBACK for 3.1.1 leaves, a failure reason code
-// for MQTT 5), reports it (/healthz, outpost_store_failed, one log line)
-// and does not believe a later success: it stays failed after the disk
-// heals, until a restart (the systemd watchdog's, played here by the test)
+// A disk that fails under the running gateway: EIO on every write, EIO on
+// every fsync (the page cache drops the data, as Linux does), EIO on the
+// value log's fsyncs only, ENOSPC part-way through a batch, and a
+// read-only remount. The rule since PostgreSQL's fsyncgate: after a failed
+// write or sync the store acknowledges nothing (no PUBACK for 3.1.1
+// leaves, a failure reason code for MQTT 5) and does not believe a later
+// success. Either it stays failed after the disk heals, reporting it
+// (/healthz, outpost_store_failed, one log line) until the gateway exits,
+// or, when the value log failed to sync, it stops the process at once.
+// Then a restart (systemd's Restart=always, played here by the test)
 // reopens what is really on disk. Nothing acknowledged is lost.
 func TestFaultFailingDisk(t *testing.T) {
 	for _, c := range []struct {
@@ -28,6 +31,7 @@ func TestFaultFailingDisk(t *testing.T) {
 	}{
 		{"write-eio", lazyfs.Faults{WriteEIO: true}},
 		{"fsync-eio", lazyfs.Faults{FsyncEIO: true}},
+		{"vlog-fsync-eio", lazyfs.Faults{FsyncEIO: true, FsyncEIOSuffix: ".vlog"}},
 		{"enospc", lazyfs.Faults{ENOSPC: true, SpaceLeft: 48 << 10}},
 		{"read-only", lazyfs.Faults{ReadOnly: true}},
 	} {
@@ -47,44 +51,54 @@ func failingDisk(t *testing.T, faults lazyfs.Faults) {
 	ls.awaitAcks(t, 100, 15*time.Second)
 
 	fsys.SetFaults(faults)
+	// Two ways to stop acknowledging, both tested: a failed value-log sync
+	// stops the process at once (store.ErrValueLogSync: Badger would write
+	// past it); any other failed write or sync puts the store in the
+	// failed state, which the gateway reports for a few seconds before it
+	// exits.
 	deadline := time.Now().Add(20 * time.Second)
-	var body string
-	for {
-		var code int
-		if code, body = g.health(); code == 503 && strings.Contains(body, "store: a write or sync failed") {
-			break
+	reported := false
+	for !reported {
+		select {
+		case <-g.proc.Done():
+		default:
+			if code, body := g.health(); code == 503 && strings.Contains(body, "store: a write or sync failed") {
+				t.Logf("/healthz 503: %s", body)
+				reported = true
+				if v := g.metric("outpost_store_failed"); v != 1 {
+					t.Errorf("outpost_store_failed = %v on a failed store, want 1", v)
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the disk fails but /healthz says %d %q\n%s", first(g.health()), "", g.proc.Output())
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the disk fails but /healthz says %d %q\n%s", code, body, g.proc.Output())
+		break
+	}
+	if reported {
+		// Nothing is acknowledged from now on: not while the disk
+		// fails, and not after it heals (a retried sync may "succeed"
+		// for pages the kernel already dropped).
+		time.Sleep(300 * time.Millisecond) // PUBACKs of batches committed before the failure
+		acked, refused := ls.acks(), l.Report("").Refused
+		time.Sleep(time.Second)
+		fsys.SetFaults(lazyfs.Faults{})
+		time.Sleep(time.Second)
+		if n := ls.acks() - acked; n != 0 {
+			t.Errorf("%d PUBACKs from a store whose write or sync failed", n)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if r := l.Report("").Refused; r <= refused {
+			t.Errorf("no publish was refused while the store was failed (refused %d before, %d after)", refused, r)
+		}
+		if code, body := g.health(); code != 503 {
+			t.Errorf("/healthz %d %q after the disk healed: the store must not believe it until it is reopened", code, body)
+		}
+		if n := strings.Count(g.proc.Output(), "store: commit failed; the store stops acknowledging"); n != 1 {
+			t.Errorf("the failure was logged %d times, want once", n)
+		}
 	}
-	t.Logf("/healthz 503: %s", body)
-	if v := g.metric("outpost_store_failed"); v != 1 {
-		t.Errorf("outpost_store_failed = %v on a failed store, want 1", v)
-	}
-
-	// Nothing is acknowledged from now on: not while the disk fails, and
-	// not after it heals (a retried sync may "succeed" for pages the
-	// kernel already dropped).
-	time.Sleep(500 * time.Millisecond) // PUBACKs of batches committed before the failure
-	acked, refused := ls.acks(), l.Report("").Refused
-	time.Sleep(time.Second)
-	fsys.SetFaults(lazyfs.Faults{})
-	time.Sleep(1500 * time.Millisecond)
-	if n := ls.acks() - acked; n != 0 {
-		t.Errorf("%d PUBACKs from a store whose write or sync failed", n)
-	}
-	if r := l.Report("").Refused; r <= refused {
-		t.Errorf("no publish was refused while the store was failed (refused %d before, %d after)", refused, r)
-	}
-	if code, body := g.health(); code != 503 {
-		t.Errorf("/healthz %d %q after the disk healed: the store must not believe it until it is reopened", code, body)
-	}
-	if n := strings.Count(g.proc.Output(), "store: commit failed; the store stops acknowledging"); n != 1 {
-		t.Errorf("the failure was logged %d times, want once", n)
-	}
-
 	// The gateway exits by itself; its service manager (the test here,
 	// Restart=always under systemd) starts it again, which reopens the
 	// store from what reached the disk.
@@ -93,8 +107,15 @@ func failingDisk(t *testing.T, faults lazyfs.Faults) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("the gateway with a failed store did not exit:\n%s", g.proc.Output())
 	}
-	if out := g.proc.Output(); !strings.Contains(out, "gateway: store failed (a restart reopens it from what is on disk)") {
+	fsys.SetFaults(lazyfs.Faults{})
+	out := g.proc.Output()
+	switch {
+	case reported && !strings.Contains(out, "gateway: store failed (a restart reopens it from what is on disk)"):
 		t.Errorf("the gateway exited without saying the store failed:\n%s", out)
+	case !reported && !strings.Contains(out, store.ErrValueLogSync.Error()):
+		t.Errorf("the gateway exited without reporting the failure:\n%s", out)
+	case !reported:
+		t.Logf("the store stopped the process: the value log failed to sync")
 	}
 	g.launch()
 	if code, body := g.awaitHTTP(30 * time.Second); code != 200 {

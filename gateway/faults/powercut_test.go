@@ -76,7 +76,7 @@ func powerCutRounds(t *testing.T, o lazyfs.Options, rules string) {
 	ls := startLeaves(t, crashLeaves, g.hubAddr, l)
 	ls.awaitAcks(t, 10, 10*time.Second)
 
-	n := rounds(5, 50)
+	n := rounds(15, 50)
 	var ingest, drain, tornCuts, failedOpens int
 	for round := 1; round <= n; round++ {
 		if r.IntN(2) == 0 { // upstream down: a backlog builds; the cut lands while it drains or before
