@@ -3,6 +3,8 @@ package faults
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,7 +64,7 @@ func failingDisk(t *testing.T, faults lazyfs.Faults) {
 		select {
 		case <-g.proc.Done():
 		default:
-			if code, body := g.health(); code == 503 && strings.Contains(body, "store: a write or sync failed") {
+			if code, body := g.tryHealth(); code == 503 && strings.Contains(body, "store: a write or sync failed") {
 				t.Logf("/healthz 503: %s", body)
 				reported = true
 				if v := g.metric("outpost_store_failed"); v != 1 {
@@ -70,7 +72,8 @@ func failingDisk(t *testing.T, faults lazyfs.Faults) {
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("the disk fails but /healthz says %d %q\n%s", first(g.health()), "", g.proc.Output())
+				code, body := g.tryHealth()
+				t.Fatalf("the disk fails but /healthz says %d %q\n%s", code, body, g.proc.Output())
 			}
 			time.Sleep(20 * time.Millisecond)
 			continue
@@ -135,4 +138,17 @@ func failingDisk(t *testing.T, faults lazyfs.Faults) {
 		t.Error("lazyfs failed no operation: the run proves nothing")
 	}
 	checkLedger(t, l.Report(fmt.Sprintf("outpost failing disk %+v", faults)), 3)
+}
+
+// tryHealth is health for a gateway that may exit meanwhile: 0 and the
+// error when /healthz does not answer.
+func (g *gw) tryHealth() (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + g.httpAddr + "/healthz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(body))
 }
