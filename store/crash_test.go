@@ -120,6 +120,23 @@ func TestPowerCut(t *testing.T) {
 			// The data dir's parents do not exist yet: the store creates
 			// them, as it does on a fresh SD card.
 			crashRounds(t, filepath.Join(fsys.Dir(), "var", "lib", "outpost"), max(*crashN/2, 5), fsys)
+			// The cuts must have landed while Badger flushed memtables into
+			// tables and value-log GC deleted files, or they prove less.
+			var ssts, vlogs, maxVlog int
+			for _, n := range strings.Fields(storeFiles(filepath.Join(fsys.Backing(), "var", "lib", "outpost"))) {
+				var id int
+				fmt.Sscanf(n, "%d", &id)
+				switch filepath.Ext(n) {
+				case ".sst":
+					ssts++
+				case ".vlog":
+					vlogs, maxVlog = vlogs+1, max(maxVlog, id)
+				}
+			}
+			t.Logf("after the cuts: %d tables, %d of %d value-log files left by GC", ssts, vlogs, maxVlog)
+			if ssts < 2 || vlogs >= maxVlog {
+				t.Errorf("the run flushed %d tables and GC deleted %d value-log files: it exercised neither", ssts, maxVlog-vlogs)
+			}
 			st := fsys.Stats()
 			t.Logf("lazyfs: %d writes, %d fsyncs, %d dir fsyncs, %d KiB unsynced dropped, %d directory changes undone, %d torn bytes kept",
 				st.Writes, st.Fsyncs, st.DirFsyncs, st.DroppedBytes>>10, st.UndoneOps, st.TornBytes)
@@ -290,7 +307,7 @@ func crashRounds(t *testing.T, dir string, rounds int, fsys *lazyfs.FS) {
 		if st.Depth != uint64(len(recs)) || st.Bytes != bytes {
 			t.Fatalf("round %d: stats say %d records / %d bytes, store holds %d / %d", round, st.Depth, st.Bytes, len(recs), bytes)
 		}
-		t.Logf("round %d: killed after %d appends; %d records kept, %d tracked", round, seen, len(recs), len(acked))
+		t.Logf("round %d: killed after %d appends; %d records kept, %d tracked; files %s", round, seen, len(recs), len(acked), storeFiles(openDir))
 	}
 }
 
@@ -302,4 +319,16 @@ func sortedBySeq(recs []*msg.Record) []*msg.Record {
 		}
 	}
 	return out
+}
+
+// storeFiles summarises the Badger files in the store under dataDir.
+func storeFiles(dataDir string) string {
+	ents, _ := os.ReadDir(filepath.Join(dataDir, "queue"))
+	var names []string
+	for _, e := range ents {
+		if n := e.Name(); strings.HasSuffix(n, ".sst") || strings.HasSuffix(n, ".vlog") || strings.HasSuffix(n, ".mem") {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, " ")
 }
