@@ -21,7 +21,11 @@
 // File attributes other than size (mode, owner, times, xattrs) pass straight
 // through and are not subject to loss. The file system uses
 // github.com/hanwen/go-fuse/v2 and mounts with mount(2) directly, so it
-// needs root and /dev/fuse.
+// needs root and /dev/fuse. go-fuse is the one dependency added for it:
+// the FUSE wire protocol, its loopback node and a mount without fusermount
+// would be thousands of hand-written lines, and go-fuse is maintained and
+// used by real file systems (gocryptfs, rclone's mount among them); only
+// tests import this package, so the gateway binary does not carry it.
 package lazyfs
 
 import (
