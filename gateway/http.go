@@ -77,6 +77,9 @@ func (g *Gateway) problems() []string {
 		} else if d := g.queue.Damaged(); d != "" { // not Stats(): that reads the store
 			ps = append(ps, "store: damaged blocks found after open: "+d)
 		}
+		if err := g.queue.DiskLow(); err != nil {
+			ps = append(ps, "store: refusing new messages: "+err.Error())
+		}
 	}
 	g.mu.Lock()
 	for part, err := range g.failed {

@@ -69,8 +69,11 @@ type Options struct {
 	// so that Badger never writes into a full file system (its files are
 	// memory-mapped: a write there is a SIGBUS, not an error, and
 	// compactions need room for a level's worth of new tables). 0 = 4 ×
-	// MemTableSize + 2 × ValueLogFileSize + 16 MiB; < 0 = off.
+	// MemTableSize + 2 × ValueLogFileSize + 16 MiB, at most a quarter of
+	// the file system (at least 4 MiB), so a small disk is still used;
+	// < 0 = off.
 	MinFreeDisk int64
+	minFreeAuto bool // MinFreeDisk was 0: Open sizes it to the disk
 	// CommandRetention is how long finished inbox commands are kept for
 	// de-duplication and inspection. 0 = 24h.
 	CommandRetention time.Duration
@@ -137,6 +140,7 @@ func (o *Options) fill() {
 	}
 	if o.MinFreeDisk == 0 {
 		o.MinFreeDisk = 4*o.MemTableSize + 2*o.ValueLogFileSize + 16<<20
+		o.minFreeAuto = true
 	}
 	if o.TrimBytes == 0 {
 		o.TrimBytes = 2 << 20

@@ -42,11 +42,13 @@ type Queue struct {
 	bg         sync.WaitGroup
 	closeErr   error
 	once       sync.Once
-	m          meta          // owned by the writer goroutine, like the next two
-	expect     int           // ops in the last round (see linger)
-	lastCommit time.Duration // duration of the last commit
-	sizeAt     time.Time     // when tables was measured (diskLow)
-	tables     int64         // size of the table files
+	m          meta                  // owned by the writer goroutine, like the next two
+	expect     int                   // ops in the last round (see linger)
+	lastCommit time.Duration         // duration of the last commit
+	sizeAt     time.Time             // when tables was measured (diskLow)
+	tables     int64                 // size of the table files
+	tablesNow  atomic.Int64          // tables, for readers outside the writer
+	low        atomic.Pointer[error] // why appends are refused for lack of space (DiskLow)
 
 	// lease side, guarded by mu (see outbox.go and park.go)
 	mu             sync.Mutex
@@ -229,6 +231,25 @@ func open(dir string, opt Options, badgerRO, readOnly bool) (q *Queue, err error
 		gcAsk:      make(chan struct{}, 1),
 	}
 	q.met = metrics.New()
+	if !readOnly && opt.minFreeAuto {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err == nil {
+			if quarter := max(int64(st.Blocks)*int64(st.Bsize)/4, 4<<20); quarter < q.opt.MinFreeDisk {
+				q.log.Info("store: small file system: keeping a quarter of it free for Badger",
+					"size_bytes", int64(st.Blocks)*int64(st.Bsize), "reserve_bytes", quarter)
+				q.opt.MinFreeDisk = quarter
+			}
+		}
+	}
+	if !readOnly && q.opt.MinFreeDisk >= 0 {
+		// Start out knowing whether the disk is full (DiskLow), not at
+		// the first append.
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err == nil {
+			q.tablesNow.Store(tablesSize(dir))
+			q.spaceLow(st)
+		}
+	}
 	if err := q.loadMeta(); err != nil {
 		db.Close()
 		return nil, err
@@ -342,11 +363,16 @@ func (q *Queue) gcLoop() {
 	defer q.bg.Done()
 	t := time.NewTicker(q.opt.GCInterval)
 	defer t.Stop()
+	space := time.NewTicker(time.Second)
+	defer space.Stop()
 	for {
 		sweep := false
 		select {
 		case <-q.closing:
 			return
+		case <-space.C:
+			q.recheckSpace()
+			continue
 		case <-t.C:
 			sweep = true
 		case <-q.gcAsk:

@@ -540,12 +540,57 @@ func (q *Queue) diskLow() error {
 	if err := syscall.Statfs(q.dir, &st); err != nil {
 		return nil // cannot tell; let Badger report real errors
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
-	if reserve := q.opt.MinFreeDisk + q.tables; free < reserve {
+	q.tablesNow.Store(q.tables)
+	if err := q.spaceLow(st); err != nil {
 		q.met.DiskLow.Inc()
-		return fmt.Errorf("%w: disk nearly full (%d bytes free, %d reserved for Badger)", ErrFull, free, reserve)
+		return err
 	}
 	return nil
+}
+
+// spaceLow is the disk-low error for the file system state st, or nil. It
+// records the state for DiskLow: set while refusing, cleared once space
+// is back.
+func (q *Queue) spaceLow(st syscall.Statfs_t) error {
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if reserve := q.opt.MinFreeDisk + q.tablesNow.Load(); free < reserve {
+		err := fmt.Errorf("%w: disk nearly full (%d MiB free, %d MiB reserved for Badger)", ErrFull, free>>20, reserve>>20)
+		if q.low.Swap(&err) == nil {
+			q.log.Warn("store: refusing new records: the disk is nearly full", "free_bytes", free, "reserve_bytes", reserve)
+			select { // value-log GC may give space back
+			case q.gcAsk <- struct{}{}:
+			default:
+			}
+		}
+		return err
+	}
+	if q.low.Swap(nil) != nil {
+		q.log.Info("store: disk space is back; taking new records again", "free_bytes", free)
+	}
+	return nil
+}
+
+// DiskLow is nil, or why the store refuses new records for lack of disk
+// space (ErrFull): the file system has less free than the reserve. It is
+// re-checked at every commit and every second while set, so it clears by
+// itself when space returns.
+func (q *Queue) DiskLow() error {
+	if p := q.low.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// recheckSpace re-reads the free space while the store refuses for lack of
+// it, so that DiskLow clears even when nothing is being appended.
+func (q *Queue) recheckSpace() {
+	if q.low.Load() == nil {
+		return
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(q.dir, &st); err == nil {
+		q.spaceLow(st)
+	}
 }
 
 // tablesSize is the size of the store's table files.

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -110,8 +111,15 @@ func TestFaultDiskFull(t *testing.T) {
 				t.Fatalf("gateway died on a full disk:\n%s", g.proc.Output())
 			}
 			st := g.status()
-			t.Logf("full: %d MiB free, queue %d records / %d bytes, acked %d; /healthz %d",
-				freeBytes(t, disk)>>20, st.Queue.Depth, st.Queue.Bytes, l.AckedCount(), first(g.health()))
+			code, body := g.health()
+			t.Logf("full: %d MiB free, queue %d records / %d bytes, acked %d; /healthz %d %q",
+				freeBytes(t, disk)>>20, st.Queue.Depth, st.Queue.Bytes, l.AckedCount(), code, body)
+			if code != 503 || !strings.Contains(body, "disk nearly full") {
+				t.Errorf("refusing for a full disk while /healthz says %d %q", code, body)
+			}
+			if n := strings.Count(g.proc.Output(), "store: refusing new records: the disk is nearly full"); n != 1 {
+				t.Errorf("the refusal was logged %d times, want once", n)
+			}
 			if st.Queue.Dropped != 0 {
 				t.Errorf("%d acknowledged records dropped on a full disk under %s", st.Queue.Dropped, policy)
 			}
@@ -119,8 +127,11 @@ func TestFaultDiskFull(t *testing.T) {
 			// A crash while the disk is full, and a start on the full disk.
 			g.kill9()
 			g.launch()
-			code, body := g.awaitHTTP(30 * time.Second)
+			code, body = g.awaitHTTP(30 * time.Second)
 			t.Logf("restart on the full disk: /healthz %d %q", code, body)
+			if code != 503 || !strings.Contains(body, "disk nearly full") {
+				t.Errorf("started on a full disk, /healthz says %d %q", code, body)
+			}
 			if !g.alive() {
 				t.Fatalf("gateway cannot start on a full disk:\n%s", g.proc.Output())
 			}
@@ -130,7 +141,7 @@ func TestFaultDiskFull(t *testing.T) {
 				t.Fatal(err)
 			}
 			ls.awaitAcks(t, 200, 30*time.Second)
-			if code, body := g.health(); code != 200 {
+			if code, body := g.awaitHealthy(5 * time.Second); code != 200 {
 				t.Errorf("/healthz %d %q after space returned", code, body)
 			}
 			link.Restore()
@@ -146,7 +157,46 @@ func TestFaultDiskFull(t *testing.T) {
 	}
 }
 
-func first(a int, _ string) int { return a }
+// awaitHealthy polls /healthz until it says 200 or d has passed, and
+// returns the last answer.
+func (g *gw) awaitHealthy(d time.Duration) (int, string) {
+	deadline := time.Now().Add(d)
+	for {
+		code, body := g.health()
+		if code == 200 || time.Now().After(deadline) {
+			return code, body
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// On a small disk (20 MiB, less than the store's default reserve) the
+// gateway keeps a quarter of it free instead, so it takes messages, says
+// healthy, and delivers them.
+func TestFaultSmallDisk(t *testing.T) {
+	disk := tmpfs(t, 20)
+	up := peertest.StartMosquitto(t)
+	l := NewLedger()
+	subscribe(t, up.Addr, l)
+	spec := leafSpec{paho: 1, mosq: 1, rate: 50, window: 8, size: 256}
+	g := newGateway(t, gwConfig{cloud: up.Addr, dataDir: filepath.Join(disk, "data"), leaves: spec.ids()})
+	g.start()
+	ls := startLeaves(t, spec, g.hubAddr, l)
+	ls.awaitAcks(t, 100, 20*time.Second)
+	if code, body := g.health(); code != 200 {
+		t.Errorf("/healthz %d %q on a 20 MiB disk", code, body)
+	}
+	if !strings.Contains(g.proc.Output(), "keeping a quarter of it free") {
+		t.Errorf("the reserve was not sized to the small disk:\n%s", g.proc.Output())
+	}
+	ls.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.WaitDelivered(ctx, 20*time.Second); err != nil {
+		t.Error(err)
+	}
+	checkLedger(t, l.Report("outpost small disk"), 2)
+}
 
 // store.max_bytes reached while the upstream is unreachable: under reject
 // the leaves get no PUBACK for what does not fit and nothing acknowledged
