@@ -81,19 +81,8 @@ func TestFailingDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct {
-		name   string
-		faults lazyfs.Faults
-	}{
-		{"write-eio", lazyfs.Faults{WriteEIO: true}},
-		{"fsync-eio", lazyfs.Faults{FsyncEIO: true}},
-		// Only the value log fails to sync: Badger logs that and goes on,
-		// and the store must still not acknowledge.
-		{"vlog-fsync-eio", lazyfs.Faults{FsyncEIO: true, FsyncEIOSuffix: ".vlog"}},
-		{"enospc", lazyfs.Faults{ENOSPC: true, SpaceLeft: 48 << 10}},
-		{"read-only", lazyfs.Faults{ReadOnly: true}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
+	for _, c := range lazyfs.Failures() {
+		t.Run(c.Name, func(t *testing.T) {
 			fsys := lazyfs.ForTest(t, lazyfs.Options{})
 			cmd := exec.Command(exe, "-test.run=^$")
 			cmd.Env = append(os.Environ(), "STORE_FAIL_CHILD="+filepath.Join(fsys.Dir(), "data"))
@@ -130,7 +119,7 @@ func TestFailingDisk(t *testing.T) {
 					case "A":
 						acked = append(acked, rest)
 					case "READY":
-						fsys.SetFaults(c.faults)
+						fsys.SetFaults(c.Faults)
 						io.WriteString(stdin, "GO\n")
 					case "FAILED":
 						failed = rest

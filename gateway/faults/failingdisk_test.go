@@ -27,17 +27,8 @@ import (
 // Then a restart (systemd's Restart=always, played here by the test)
 // reopens what is really on disk. Nothing acknowledged is lost.
 func TestFaultFailingDisk(t *testing.T) {
-	for _, c := range []struct {
-		name   string
-		faults lazyfs.Faults
-	}{
-		{"write-eio", lazyfs.Faults{WriteEIO: true}},
-		{"fsync-eio", lazyfs.Faults{FsyncEIO: true}},
-		{"vlog-fsync-eio", lazyfs.Faults{FsyncEIO: true, FsyncEIOSuffix: ".vlog"}},
-		{"enospc", lazyfs.Faults{ENOSPC: true, SpaceLeft: 48 << 10}},
-		{"read-only", lazyfs.Faults{ReadOnly: true}},
-	} {
-		t.Run(c.name, func(t *testing.T) { failingDisk(t, c.faults) })
+	for _, c := range lazyfs.Failures() {
+		t.Run(c.Name, func(t *testing.T) { failingDisk(t, c.Faults) })
 	}
 }
 

@@ -42,3 +42,23 @@ func ForTest(t testing.TB, o Options) *FS {
 	})
 	return f
 }
+
+// Failure is a named failing disk.
+type Failure struct {
+	Name   string
+	Faults Faults
+}
+
+// Failures are the ways a disk fails that the store's and the gateway's
+// tests run under: EIO on every write, EIO on every fsync, EIO on the
+// value log's fsyncs only (Badger logs that one and goes on), ENOSPC after
+// 48 KiB, a read-only remount.
+func Failures() []Failure {
+	return []Failure{
+		{"write-eio", Faults{WriteEIO: true}},
+		{"fsync-eio", Faults{FsyncEIO: true}},
+		{"vlog-fsync-eio", Faults{FsyncEIO: true, FsyncEIOSuffix: ".vlog"}},
+		{"enospc", Faults{ENOSPC: true, SpaceLeft: 48 << 10}},
+		{"read-only", Faults{ReadOnly: true}},
+	}
+}
