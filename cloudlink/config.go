@@ -295,7 +295,13 @@ func (v *checker) cloudAzure() {
 		v.errorf("sas_ttl", "cloud.sas_ttl must be at least 1m, got %v", c.SASTTL)
 	}
 	switch c.Identity {
-	case IdentityGateway, IdentityPerDevice:
+	case IdentityGateway:
+	case IdentityPerDevice:
+		// Each device's connection drains its own backlog in queue order:
+		// there is no live-first and no replay budget to apply a rate to.
+		if c.ReplayRate != 0 {
+			v.errorf("replay_rate", "cloud.replay_rate is not supported with cloud.identity: per-device (each device's connection drains its backlog in queue order); remove it")
+		}
 	default:
 		v.errorf("identity", "cloud.identity: unknown identity %q (want gateway or per-device)", c.Identity)
 	}

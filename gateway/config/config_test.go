@@ -150,7 +150,6 @@ cloud:
   identity: per-device
   tls: {ca_file: ca.pem, server_name: hub1, insecure_skip_verify: true}
   max_inflight: 8
-  replay_rate: 0.5
   pack: {max_bytes: 4096}
   keepalive: 1m
 commands: {ttl: 10s}
@@ -177,7 +176,7 @@ func TestEveryKey(t *testing.T) {
 		Store: store.Config{MaxBytes: 1000 * 1000 * 1000, WhenFull: store.Reject, TTL: 0},
 		Cloud: cloudlink.Config{Protocol: cloudlink.ProtocolAzure, URL: "mqtt://127.0.0.1:18883", Host: "hub1.azure-devices.net",
 			DeviceID: "gw-2-dev", SharedAccessKeyFile: "/etc/outpost/key", SharedAccessKeyName: "device", SASTTL: 2 * time.Hour, Identity: cloudlink.IdentityPerDevice,
-			TLS: cloudlink.TLSConfig{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8, ReplayRate: 0.5,
+			TLS: cloudlink.TLSConfig{CAFile: "ca.pem", ServerName: "hub1", InsecureSkipVerify: true}, MaxInflight: 8,
 			Pack: cloudlink.PackConfig{MaxBytes: 4096, MaxDelay: 2 * time.Second}, Keepalive: time.Minute},
 		Commands: Commands{TTL: 10 * time.Second},
 		Devices: []Device{{ID: "d1", Priority: msg.Low, Kind: "other", Adapter: &otherConfig{Port: "p"},
@@ -198,6 +197,7 @@ cloud:
   username: gw-2-user
   password_file: /etc/outpost/pw
   pack: {max_bytes: 8KB, max_delay: 500ms}
+  replay_rate: 0.5
 `
 
 func TestEveryKeyMQTT(t *testing.T) {
@@ -207,7 +207,7 @@ func TestEveryKeyMQTT(t *testing.T) {
 	}
 	want := cloudlink.Config{Protocol: cloudlink.ProtocolMQTT, URL: "mqtts://broker.example", ClientID: "gw-2-client", Username: "gw-2-user",
 		PasswordFile: "/etc/outpost/pw", Pack: cloudlink.PackConfig{MaxBytes: 8000, MaxDelay: 500 * time.Millisecond},
-		MaxInflight: 64, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway}
+		MaxInflight: 64, ReplayRate: 0.5, Keepalive: 30 * time.Second, Identity: cloudlink.IdentityGateway}
 	if c.Cloud != want {
 		t.Errorf("cloud = %+v\nwant    %+v", c.Cloud, want)
 	}

@@ -54,6 +54,8 @@ func TestMistakes(t *testing.T) {
 		{"negative size", ok + "store:\n  max_bytes: -5\n", `t.yaml:3:14: store.max_bytes: size must not be negative`},
 		{"store smaller than message", ok + "store: {max_bytes: 1KiB}\n", `t.yaml:2:20: store.max_bytes (1KiB) is smaller than hub.max_message_bytes (256KiB): a largest message could never be stored`},
 		{"unknown when_full", ok + "store:\n  when_full: drop-newest\n", `t.yaml:3:14: store.when_full: unknown policy "drop-newest" (want drop-oldest or reject)`},
+		{"replay rate per device", ok + "cloud: {protocol: azure-iothub, host: h.example, shared_access_key: a2V5, shared_access_key_name: device, identity: per-device, replay_rate: 100}\n",
+			`t.yaml:2:142: cloud.replay_rate is not supported with cloud.identity: per-device (each device's connection drains its backlog in queue order); remove it`},
 		{"unknown protocol", ok + "cloud:\n  protocol: amqp\n", `t.yaml:3:13: cloud.protocol: unknown protocol "amqp" (want mqtt, azure-iothub or none)`},
 		{"mqtt without url", ok + "cloud:\n  protocol: mqtt\n", `t.yaml:2:1: cloud.url is required with protocol mqtt (e.g. mqtts://broker.example:8883)`},
 		{"url without protocol", ok + "cloud:\n  url: mqtts://b:8883\n", `t.yaml:3:8: cloud.url is set but cloud.protocol is none, so nothing is sent upstream (set protocol: mqtt or azure-iothub)`},
