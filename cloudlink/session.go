@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"log/slog"
 	"sync"
 	"time"
@@ -193,15 +194,67 @@ func (s *Session) Run(ctx context.Context) error {
 			}
 		}
 		s.update(func(st *Status) { st.LastError = res.err.Error() })
-		wait := bo.next()
-		t := time.NewTimer(wait)
+		// Probe while backing off only when the path, not the broker, was
+		// the problem: a broker that refused or throttled us gets the
+		// whole back-off.
+		if !s.sleep(ctx, bo.next(), !bo.throttled && !refused(res.err)) {
+			return nil
+		}
+	}
+}
+
+// Probing during back-off (see sleep).
+const (
+	probeAfter = 2 * time.Second        // waits shorter than this are not probed
+	probeHold  = 300 * time.Millisecond // how long a broker must keep a probe open
+)
+
+// sleep waits out one back-off wait, and returns false if ctx ended first.
+// When probe is set and the wait is long (the back-off grows to RetryMax,
+// 60 s by default), it checks the broker's address every 0.5–1.5 s
+// (jittered, so a fleet does not probe in step) with wire.Reachable, a
+// TCP connect and nothing more, and ends the wait as soon as the broker is
+// reachable: after a long outage the link is back within about 2 s of the
+// path, not up to a minute later, while full attempts (TLS, CONNECT) keep
+// their back-off.
+func (s *Session) sleep(ctx context.Context, wait time.Duration, probe bool) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return true
+		}
+		probing := probe && s.addr != "" && left > probeAfter
+		step := left
+		if probing {
+			step = min(left, time.Duration((0.5+s.rng())*float64(time.Second)))
+		}
+		t := time.NewTimer(step)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return false
 		case <-t.C:
 		}
+		if probing && wire.Reachable(ctx, s.addr, probeHold) {
+			s.log.Info("upstream reachable again; reconnecting before the back-off ends",
+				"backoff_left", time.Until(deadline).Round(time.Millisecond))
+			return true
+		}
 	}
+}
+
+// refused reports whether err is the broker's answer (a CONNACK refusal),
+// not a failure to reach it.
+func refused(err error) bool {
+	for _, e := range []error{packets.ErrorRefusedBadProtocolVersion, packets.ErrorRefusedIDRejected,
+		packets.ErrorRefusedServerUnavailable, packets.ErrorRefusedBadUsernameOrPassword,
+		packets.ErrorRefusedNotAuthorised, packets.ErrorProtocolViolation} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // storeError marks a queue failure, which ends Run.
